@@ -1,0 +1,216 @@
+//! Routes requests to providers and merges their lists.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value, json};
+
+use crate::{CallContext, McpError, Provider, ProviderEvent};
+
+/// Items per page of a list result.
+pub const PAGE_SIZE: usize = 100;
+
+/// The set of providers behind one endpoint.
+///
+/// Tool and prompt names are routed through an index built from the
+/// providers' lists and rebuilt whenever a provider reports a change, so a
+/// call costs one hash lookup rather than a listing of every provider.
+pub struct Catalog {
+    providers: Vec<Arc<dyn Provider>>,
+    tool_index: RwLock<Option<HashMap<String, usize>>>,
+    prompt_index: RwLock<Option<HashMap<String, usize>>>,
+}
+
+impl Catalog {
+    pub fn new(providers: Vec<Arc<dyn Provider>>) -> Arc<Self> {
+        let catalog = Arc::new(Self {
+            providers,
+            tool_index: RwLock::new(None),
+            prompt_index: RwLock::new(None),
+        });
+        // Invalidate indexes on change events; the task ends with the catalog.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for p in &catalog.providers {
+                if let Some(mut rx) = p.events() {
+                    let weak = Arc::downgrade(&catalog);
+                    tokio::spawn(async move {
+                        while let Ok(ev) = rx.recv().await {
+                            let Some(c) = weak.upgrade() else { break };
+                            c.invalidate(&ev);
+                        }
+                    });
+                }
+            }
+        }
+        catalog
+    }
+
+    pub fn providers(&self) -> &[Arc<dyn Provider>] {
+        &self.providers
+    }
+
+    fn invalidate(&self, ev: &ProviderEvent) {
+        match ev {
+            ProviderEvent::ToolsChanged => *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = None,
+            ProviderEvent::PromptsChanged => *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = None,
+            _ => {}
+        }
+    }
+
+    pub async fn list_tools(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+        let mut all = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            for t in p.list_tools(ctx).await? {
+                index.entry(t.name.clone()).or_insert(i);
+                all.push(serde_json::to_value(t).map_err(|e| McpError::internal(e.to_string()))?);
+            }
+        }
+        *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+        paginate("tools", all, cursor)
+    }
+
+    async fn route(&self, ctx: &CallContext, name: &str, tools: bool) -> Result<Option<usize>, McpError> {
+        let lock = if tools { &self.tool_index } else { &self.prompt_index };
+        if let Some(idx) = lock.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(idx.get(name).copied());
+        }
+        let mut index = HashMap::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if tools {
+                for t in p.list_tools(ctx).await? {
+                    index.entry(t.name).or_insert(i);
+                }
+            } else {
+                for t in p.list_prompts(ctx).await? {
+                    index.entry(t.name).or_insert(i);
+                }
+            }
+        }
+        let found = index.get(name).copied();
+        *lock.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+        Ok(found)
+    }
+
+    pub async fn call_tool(&self, ctx: &CallContext, name: &str, arguments: Map<String, Value>) -> Result<Value, McpError> {
+        match self.route(ctx, name, true).await? {
+            Some(i) => self.providers[i].call_tool(ctx, name, arguments).await,
+            None => Err(McpError::invalid_params(format!("unknown tool: {name}")).with_data(json!({ "name": name }))),
+        }
+    }
+
+    pub async fn list_resources(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+        let mut all = Vec::new();
+        for p in &self.providers {
+            for r in p.list_resources(ctx).await? {
+                all.push(serde_json::to_value(r).map_err(|e| McpError::internal(e.to_string()))?);
+            }
+        }
+        paginate("resources", all, cursor)
+    }
+
+    pub async fn list_resource_templates(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+        let mut all = Vec::new();
+        for p in &self.providers {
+            for r in p.list_resource_templates(ctx).await? {
+                all.push(serde_json::to_value(r).map_err(|e| McpError::internal(e.to_string()))?);
+            }
+        }
+        paginate("resourceTemplates", all, cursor)
+    }
+
+    pub async fn read_resource(&self, ctx: &CallContext, uri: &str) -> Result<Value, McpError> {
+        for p in &self.providers {
+            match p.read_resource(ctx, uri).await {
+                Err(e) if e.code == crate::codes::RESOURCE_NOT_FOUND => continue,
+                other => return other,
+            }
+        }
+        Err(McpError::resource_not_found(uri))
+    }
+
+    pub async fn list_prompts(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+        let mut all = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            for t in p.list_prompts(ctx).await? {
+                index.entry(t.name.clone()).or_insert(i);
+                all.push(serde_json::to_value(t).map_err(|e| McpError::internal(e.to_string()))?);
+            }
+        }
+        *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+        paginate("prompts", all, cursor)
+    }
+
+    pub async fn get_prompt(&self, ctx: &CallContext, name: &str, arguments: Map<String, Value>) -> Result<Value, McpError> {
+        match self.route(ctx, name, false).await? {
+            Some(i) => self.providers[i].get_prompt(ctx, name, arguments).await,
+            None => Err(McpError::invalid_params(format!("unknown prompt: {name}")).with_data(json!({ "name": name }))),
+        }
+    }
+
+    /// Asks each provider in turn; a reference nobody claims gets empty values,
+    /// as the spec allows.
+    pub async fn complete(&self, ctx: &CallContext, params: &Value) -> Result<Value, McpError> {
+        for p in &self.providers {
+            if let Some(v) = p.complete(ctx, params).await? {
+                return Ok(v);
+            }
+        }
+        Ok(json!({ "completion": { "values": [], "total": 0, "hasMore": false } }))
+    }
+}
+
+/// Cuts `items` into pages. The cursor is opaque to clients: base64url of
+/// `o:<offset>`; anything else is an invalid-params error.
+fn paginate(key: &str, items: Vec<Value>, cursor: Option<&str>) -> Result<Value, McpError> {
+    let offset = match cursor {
+        None => 0,
+        Some(c) => decode_cursor(c).ok_or_else(|| {
+            McpError::invalid_params(format!("invalid cursor {c:?}: pass back exactly the nextCursor of a previous page"))
+        })?,
+    };
+    if offset > items.len() {
+        return Err(McpError::invalid_params(format!("invalid cursor: offset {offset} is past the end of the list")));
+    }
+    let end = (offset + PAGE_SIZE).min(items.len());
+    let has_more = end < items.len();
+    let page: Vec<Value> = items.into_iter().skip(offset).take(end - offset).collect();
+    let mut out = Map::new();
+    out.insert(key.to_owned(), Value::Array(page));
+    if has_more {
+        out.insert("nextCursor".into(), Value::String(URL_SAFE_NO_PAD.encode(format!("o:{end}"))));
+    }
+    Ok(Value::Object(out))
+}
+
+fn decode_cursor(c: &str) -> Option<usize> {
+    let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
+    let s = std::str::from_utf8(&raw).ok()?;
+    s.strip_prefix("o:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_round_trip_and_bad_cursor() {
+        let items: Vec<Value> = (0..250).map(|i| json!(i)).collect();
+        let p1 = paginate("tools", items.clone(), None).unwrap();
+        assert_eq!(p1["tools"].as_array().unwrap().len(), PAGE_SIZE);
+        let c = p1["nextCursor"].as_str().unwrap().to_owned();
+        let p2 = paginate("tools", items.clone(), Some(&c)).unwrap();
+        assert_eq!(p2["tools"][0], json!(100));
+        let c3 = p2["nextCursor"].as_str().unwrap().to_owned();
+        let p3 = paginate("tools", items.clone(), Some(&c3)).unwrap();
+        assert_eq!(p3["tools"].as_array().unwrap().len(), 50);
+        assert!(p3.get("nextCursor").is_none());
+        for bad in ["", "!!", "bm9wZQ", &URL_SAFE_NO_PAD.encode("o:9999")] {
+            let e = paginate("tools", items.clone(), Some(bad)).unwrap_err();
+            assert_eq!(e.code, crate::codes::INVALID_PARAMS, "{bad}");
+        }
+    }
+}

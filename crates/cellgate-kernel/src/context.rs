@@ -1,0 +1,215 @@
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{BoxFuture, McpError};
+
+/// Who makes a call. Until authentication lands every caller of a local,
+/// unauthenticated instance is the anonymous principal of the local tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: Arc<str>,
+    pub kind: PrincipalKind,
+    pub roles: Arc<[String]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    User,
+    Agent,
+    Service,
+    Anonymous,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Self {
+            id: Arc::from("anonymous"),
+            kind: PrincipalKind::Anonymous,
+            roles: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// Severity of `notifications/message`, ordered as RFC 5424 (debug lowest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 8] = [
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Notice,
+        LogLevel::Warning,
+        LogLevel::Error,
+        LogLevel::Critical,
+        LogLevel::Alert,
+        LogLevel::Emergency,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+            LogLevel::Alert => "alert",
+            LogLevel::Emergency => "emergency",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// The client side of a connection, as seen from inside a call: the edge
+/// implements it for each transport so that providers can stream
+/// notifications and ask the client things without knowing how bytes move.
+pub trait ClientPeer: Send + Sync {
+    /// Sends a notification related to the current request.
+    fn notify(&self, method: &str, params: Value);
+    /// Sends a server-to-client request (sampling, elicitation, roots) and
+    /// waits for the client's answer.
+    fn request(&self, method: &str, params: Value) -> BoxFuture<'static, Result<Value, McpError>>;
+    /// Whether a log message of `level` passes the client's `logging/setLevel`.
+    fn log_enabled(&self, _level: LogLevel) -> bool {
+        true
+    }
+    /// Closes the transport stream carrying this request, if it has one that
+    /// the client can resume (Streamable HTTP with `Last-Event-ID`). The call
+    /// goes on; its later messages are kept for the client to fetch.
+    fn close_stream(&self) {}
+}
+
+/// A peer for calls that have no client to talk back to (benchmarks, CLI).
+pub struct DetachedPeer;
+
+impl ClientPeer for DetachedPeer {
+    fn notify(&self, _method: &str, _params: Value) {}
+    fn request(&self, method: &str, _params: Value) -> BoxFuture<'static, Result<Value, McpError>> {
+        let msg = format!("{method}: this call has no client connection to ask");
+        Box::pin(async move { Err(McpError::new(crate::codes::SERVER_ERROR, msg)) })
+    }
+}
+
+/// Everything a layer or provider may know about the call in flight.
+#[derive(Clone)]
+pub struct CallContext {
+    pub tenant: Arc<str>,
+    pub principal: Principal,
+    pub session_id: Option<Arc<str>>,
+    /// The protocol revision this request is spoken in.
+    pub protocol_version: Arc<str>,
+    /// What the client declared it can do (`sampling`, `elicitation`, `roots`).
+    pub client_capabilities: Arc<Value>,
+    /// The request's `_meta`, minus nothing: layers may read any key.
+    pub meta: Option<Arc<Map<String, Value>>>,
+    pub cancel: CancellationToken,
+    pub peer: Arc<dyn ClientPeer>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("tenant", &self.tenant)
+            .field("principal", &self.principal.id)
+            .field("session_id", &self.session_id)
+            .field("protocol_version", &self.protocol_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallContext {
+    /// A context for a caller with no connection (tests, benchmarks, CLI).
+    pub fn detached(tenant: &str) -> Self {
+        Self {
+            tenant: Arc::from(tenant),
+            principal: Principal::anonymous(),
+            session_id: None,
+            protocol_version: Arc::from("2025-11-25"),
+            client_capabilities: Arc::new(json!({})),
+            meta: None,
+            cancel: CancellationToken::new(),
+            peer: Arc::new(DetachedPeer),
+        }
+    }
+
+    pub fn progress_token(&self) -> Option<&Value> {
+        self.meta.as_ref()?.get("progressToken")
+    }
+
+    /// Reports progress if the client asked for it (sent a `progressToken`).
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let Some(token) = self.progress_token() else {
+            return;
+        };
+        let mut params = json!({ "progressToken": token, "progress": progress });
+        if let Some(total) = total {
+            params["total"] = json!(total);
+        }
+        if let Some(message) = message {
+            params["message"] = json!(message);
+        }
+        self.peer.notify("notifications/progress", params);
+    }
+
+    /// Sends `notifications/message` if the client's level lets it through.
+    pub fn log(&self, level: LogLevel, logger: Option<&str>, data: Value) {
+        if !self.peer.log_enabled(level) {
+            return;
+        }
+        let mut params = json!({ "level": level.as_str(), "data": data });
+        if let Some(logger) = logger {
+            params["logger"] = json!(logger);
+        }
+        self.peer.notify("notifications/message", params);
+    }
+
+    pub fn client_supports(&self, capability: &str) -> bool {
+        self.client_capabilities.get(capability).is_some()
+    }
+
+    /// Asks the client's model for a completion (`sampling/createMessage`).
+    pub async fn sample(&self, params: Value) -> Result<Value, McpError> {
+        self.ask("sampling", "sampling/createMessage", params).await
+    }
+
+    /// Asks the user for input (`elicitation/create`).
+    pub async fn elicit(&self, params: Value) -> Result<Value, McpError> {
+        self.ask("elicitation", "elicitation/create", params).await
+    }
+
+    /// Asks the client for its roots (`roots/list`).
+    pub async fn list_roots(&self) -> Result<Value, McpError> {
+        self.ask("roots", "roots/list", json!({})).await
+    }
+
+    async fn ask(&self, capability: &str, method: &str, params: Value) -> Result<Value, McpError> {
+        if !self.client_supports(capability) {
+            return Err(McpError::new(
+                crate::codes::INVALID_REQUEST,
+                format!("the client did not declare the `{capability}` capability, so `{method}` cannot be sent"),
+            ));
+        }
+        tokio::select! {
+            r = self.peer.request(method, params) => r,
+            _ = self.cancel.cancelled() => Err(McpError::cancelled(format!("{method}: the call was cancelled"))),
+        }
+    }
+}
+
+

@@ -1,0 +1,184 @@
+//! Durable, tenant-scoped state for cellgate, on SQLite (embedded, the
+//! default) or PostgreSQL (shared by several replicas), through sqlx.
+//!
+//! [`Store::open`] connects and applies the embedded migrations. The tenant
+//! registry ([`Tenants`]) is the only cross-tenant repository; everything
+//! else ([`Documents`], [`CallLog`]) is reachable only through
+//! [`Store::scope`], and every query it issues binds that scope's tenant.
+//! Writes under a tenant that is not registered fail with
+//! [`StoreError::UnknownTenant`] instead of creating orphan rows.
+//!
+//! It is not a cache, a rate-limit counter store or a message bus, and not
+//! the audit chain: [`CallLog`] is plain metering data without integrity
+//! guarantees, while the tamper-evident, hash-chained audit log lives
+//! elsewhere. It also knows nothing of authorization; callers decide who may
+//! open which scope.
+
+mod backend;
+mod call_log;
+mod documents;
+mod error;
+mod tenant;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use backend::{Backend, on_backend, redact_url};
+
+pub use call_log::{CALL_TEXT_MAX_BYTES, CallLog, CallRecord};
+pub use documents::{Document, Documents, LIST_MAX_LIMIT, NAME_MAX_BYTES};
+pub use error::StoreError;
+pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, Tenants};
+
+/// Where the state lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// One database file; its directory is created if missing.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL URL such as `postgres://user:password@host:5432/db`.
+    Postgres { url: String, max_connections: u32 },
+}
+
+// Hand-written so a password in the URL never reaches a log line.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Postgres {
+                url,
+                max_connections,
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &redact_url(url))
+                .field("max_connections", max_connections)
+                .finish(),
+        }
+    }
+}
+
+/// An open store. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    ///
+    /// SQLite: creates the parent directory and the file, and sets WAL
+    /// journaling, `synchronous=NORMAL`, a busy timeout and foreign keys on
+    /// every connection. PostgreSQL: connects with at most
+    /// `max_connections`. Both then apply any pending migrations; opening an
+    /// up-to-date store again changes nothing.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match config {
+            StoreConfig::Sqlite { path } => backend::open_sqlite(path).await?,
+            StoreConfig::Postgres {
+                url,
+                max_connections,
+            } => backend::open_postgres(url, *max_connections).await?,
+        };
+        Ok(Store { backend })
+    }
+
+    /// Round-trips a trivial query; for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let backend = self.backend_name();
+        let done = on_backend!(&self.backend, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        done.map_err(|error| StoreError::Database {
+            backend,
+            operation: "pinging",
+            error,
+        })
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned. Later
+    /// calls on any clone fail.
+    pub async fn close(&self) {
+        on_backend!(&self.backend, |pool| pool.close().await)
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The tenant registry.
+    pub fn tenants(&self) -> Tenants {
+        Tenants {
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// The state of one tenant. Does not check that the tenant exists;
+    /// writes through the scope do (see [`StoreError::UnknownTenant`]).
+    pub fn scope(&self, tenant: &TenantId) -> TenantScope {
+        TenantScope {
+            backend: self.backend.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+}
+
+/// Access to one tenant's state; the only way to get tenant-scoped
+/// repositories.
+#[derive(Clone)]
+pub struct TenantScope {
+    backend: Backend,
+    tenant: TenantId,
+}
+
+impl fmt::Debug for TenantScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantScope")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantScope {
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    pub fn documents(&self) -> Documents {
+        Documents {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    pub fn call_log(&self) -> CallLog {
+        CallLog {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_password() {
+        let config = StoreConfig::Postgres {
+            url: "postgres://app:hunter2@db/cellgate".into(),
+            max_connections: 5,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db"), "{shown}");
+    }
+}

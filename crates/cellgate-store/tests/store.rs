@@ -1,0 +1,792 @@
+//! The store suite. Every test in `both_backends!` runs once on a fresh
+//! SQLite file and once on a fresh PostgreSQL database.
+//!
+//! PostgreSQL runs when `CELLGATE_TEST_POSTGRES_URL` points at a server
+//! whose user may create databases (`scripts/with-postgres` provides one);
+//! otherwise that half is skipped with a notice, or fails when
+//! `CELLGATE_REQUIRE_POSTGRES=1`.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use cellgate_store::{CallRecord, Store, StoreConfig, StoreError, TenantId};
+use serde_json::json;
+use sqlx::Connection as _;
+
+// ---- harness ---------------------------------------------------------------
+
+/// A directory under the system temp dir, removed on drop (also when a test
+/// panics).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "cellgate-store-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens the store and runs the body in its own task, so a panicking body
+/// still lets the caller clean up before the panic is passed on.
+async fn run_isolated<F, Fut>(config: StoreConfig, body: F) -> Result<(), tokio::task::JoinError>
+where
+    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let store = Store::open(&config)
+            .await
+            .unwrap_or_else(|e| panic!("opening {config:?}: {e}"));
+        body(store.clone(), config).await;
+        store.close().await;
+    })
+    .await
+}
+
+fn rethrow(outcome: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test task failed: {e}"),
+        }
+    }
+}
+
+async fn on_sqlite<F, Fut>(body: F)
+where
+    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = TempDir::new();
+    // A nested path checks that open creates missing parent directories.
+    let config = StoreConfig::Sqlite {
+        path: dir.path().join("data").join("cellgate.db"),
+    };
+    let outcome = run_isolated(config, body).await;
+    drop(dir);
+    rethrow(outcome);
+}
+
+/// The admin URL, or `None` (after a one-time notice) when PostgreSQL tests
+/// are not configured.
+fn postgres_admin_url() -> Option<String> {
+    match std::env::var("CELLGATE_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CELLGATE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "CELLGATE_REQUIRE_POSTGRES=1 but CELLGATE_TEST_POSTGRES_URL is not set; \
+                 run under scripts/with-postgres"
+            );
+            static NOTICE: Once = Once::new();
+            NOTICE.call_once(|| {
+                // Straight to stderr: libtest captures `eprintln!` of passing tests.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: CELLGATE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL half of the store tests"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_start = main.find("://").map_or(0, |i| i + 3);
+    let path_start = main[authority_start..]
+        .find('/')
+        .map_or(main.len(), |i| i + authority_start);
+    format!("{}/{db}{query}", &main[..path_start])
+}
+
+async fn on_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    // A database per test keeps tests independent and parallel-safe.
+    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connecting with CELLGATE_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    let config = StoreConfig::Postgres {
+        url: with_database(&admin_url, &db),
+        max_connections: 4,
+    };
+    let outcome = run_isolated(config, body).await;
+    // FORCE ends connections a panicking body may have left behind.
+    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
+    rethrow(outcome);
+    dropped.expect("dropping the test database");
+}
+
+/// Declares `mod <name> { sqlite, postgres }` running `<name>` on each backend.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                crate::on_sqlite(super::$name).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                crate::on_postgres(super::$name).await
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    migrations_are_idempotent,
+    tenants_ensure_and_create,
+    documents_crud_and_versioning,
+    documents_pagination,
+    documents_concurrent_puts_bump_versions,
+    tenant_isolation,
+    call_log_batches,
+    unknown_tenant_writes_fail,
+    invalid_inputs_are_rejected,
+);
+
+// ---- helpers ---------------------------------------------------------------
+
+fn tid(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+async fn tenant(store: &Store, id: &str) -> TenantId {
+    let id = tid(id);
+    store
+        .tenants()
+        .ensure(&id, &format!("Tenant {id}"))
+        .await
+        .expect("ensuring a tenant");
+    id
+}
+
+fn record(n: i64, at_ms: i64) -> CallRecord {
+    CallRecord {
+        principal: format!("user-{n}"),
+        method: "tools/call".into(),
+        target: (n % 2 == 0).then(|| format!("tool-{n}")),
+        outcome: if n % 3 == 0 {
+            "error".into()
+        } else {
+            "ok".into()
+        },
+        error_code: (n % 3 == 0).then_some(-32000 - n),
+        latency_us: n * 10,
+        at_ms,
+    }
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, expected_field: &str) {
+    match result {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, expected_field),
+        other => panic!("expected Invalid {{ field: {expected_field:?} }}, got {other:?}"),
+    }
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(e @ StoreError::Conflict { .. }) => e.to_string(),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+// ---- backend-independent tests -------------------------------------------
+
+#[test]
+fn tenant_ids_parse() {
+    for ok in ["local", "a", "7", "acme-corp_2", &"z".repeat(64)] {
+        let id = TenantId::parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        assert_eq!(id.as_str(), ok);
+        assert_eq!(id.to_string(), ok);
+    }
+    for bad in [
+        "",
+        "-x",
+        "_x",
+        "Local",
+        "a b",
+        "a.b",
+        "a/b",
+        "ü",
+        &"z".repeat(65),
+    ] {
+        assert!(
+            matches!(TenantId::parse(bad), Err(StoreError::Invalid { .. })),
+            "{bad:?} accepted"
+        );
+    }
+    assert_eq!(
+        serde_json::from_value::<TenantId>(json!("acme")).ok(),
+        Some(tid("acme"))
+    );
+    assert!(serde_json::from_value::<TenantId>(json!("Not Valid")).is_err());
+}
+
+#[test]
+fn with_database_replaces_the_path() {
+    assert_eq!(
+        with_database("postgres://u@h:5/postgres", "t_1"),
+        "postgres://u@h:5/t_1"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:5", "t_1"),
+        "postgres://u@h:5/t_1"
+    );
+    assert_eq!(
+        with_database("postgres://u@h/p?sslmode=disable", "t_1"),
+        "postgres://u@h/t_1?sslmode=disable"
+    );
+}
+
+// ---- SQLite-only tests -----------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_file_is_in_wal_mode() {
+    let dir = TempDir::new();
+    let path = dir.path().join("wal.db");
+    let store = Store::open(&StoreConfig::Sqlite { path: path.clone() })
+        .await
+        .expect("opening");
+    assert_eq!(store.backend_name(), "sqlite");
+    assert!(path.is_file(), "the database file was not created");
+
+    // A separate plain connection reads what is persisted in the file.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connecting");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+    let _ = conn.close().await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_open_error_names_the_path() {
+    let dir = TempDir::new();
+    // A regular file where a directory is needed.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").expect("writing");
+    let path = blocker.join("sub").join("x.db");
+    let err = Store::open(&StoreConfig::Sqlite { path })
+        .await
+        .expect_err("must fail");
+    let message = err.to_string();
+    assert!(message.contains("not-a-dir"), "{message}");
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn postgres_connect_error_hides_the_password() {
+    // Port 1 on loopback refuses at once; no server needed.
+    let config = StoreConfig::Postgres {
+        url: "postgres://app:hunter2@127.0.0.1:1/db".into(),
+        max_connections: 1,
+    };
+    let err = Store::open(&config).await.expect_err("must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains("postgres://app:***@127.0.0.1:1/db"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    // The actual cause, not just a pool timeout.
+    assert!(message.contains("refused"), "{message}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+
+    let zero = StoreConfig::Postgres {
+        url: "postgres://127.0.0.1:1/db".into(),
+        max_connections: 0,
+    };
+    assert_invalid(Store::open(&zero).await, "max_connections");
+}
+
+// ---- both backends ---------------------------------------------------------
+
+async fn migrations_are_idempotent(store: Store, config: StoreConfig) {
+    let expected = match config {
+        StoreConfig::Sqlite { .. } => "sqlite",
+        StoreConfig::Postgres { .. } => "postgres",
+    };
+    assert_eq!(store.backend_name(), expected);
+    store.ping().await.expect("ping");
+    let id = tenant(&store, "keep").await;
+    store
+        .scope(&id)
+        .documents()
+        .put("c", "k", &json!(1))
+        .await
+        .expect("put");
+
+    // Opening an up-to-date store twice more applies nothing and loses nothing.
+    for _ in 0..2 {
+        let again = Store::open(&config).await.expect("reopening");
+        again.ping().await.expect("ping after reopen");
+        assert_eq!(
+            again.tenants().get(&id).await.expect("get").map(|t| t.name),
+            Some("Tenant keep".to_owned())
+        );
+        let doc = again
+            .scope(&id)
+            .documents()
+            .get("c", "k")
+            .await
+            .expect("get doc");
+        assert_eq!(doc.map(|d| d.value), Some(json!(1)));
+        again.close().await;
+    }
+}
+
+async fn tenants_ensure_and_create(store: Store, _: StoreConfig) {
+    let tenants = store.tenants();
+    let acme = tid("acme");
+    assert_eq!(tenants.get(&acme).await.expect("get"), None);
+
+    let first = tenants.ensure(&acme, "Acme").await.expect("ensure");
+    assert_eq!((first.id.as_str(), first.name.as_str()), ("acme", "Acme"));
+    assert!(first.created_at_ms > 0);
+    // Idempotent: the second call returns the stored tenant unchanged.
+    let second = tenants
+        .ensure(&acme, "Another name")
+        .await
+        .expect("ensure again");
+    assert_eq!(second, first);
+
+    let message = assert_conflict(tenants.create(&acme, "Acme").await);
+    assert!(message.contains("acme"), "{message}");
+
+    let beta = tenants.create(&tid("beta"), "Beta").await.expect("create");
+    assert_eq!(beta.name, "Beta");
+    assert_eq!(
+        tenants.get(&tid("beta")).await.expect("get"),
+        Some(beta.clone())
+    );
+    tenants
+        .create(&tid("00-first"), "Digits first")
+        .await
+        .expect("create");
+
+    let ids: Vec<String> = tenants
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(ids, ["00-first", "acme", "beta"]);
+
+    assert_invalid(tenants.create(&tid("gamma"), "  ").await, "tenant name");
+    assert_invalid(
+        tenants.ensure(&tid("gamma"), &"n".repeat(256)).await,
+        "tenant name",
+    );
+    assert_eq!(tenants.get(&tid("gamma")).await.expect("get"), None);
+}
+
+async fn documents_crud_and_versioning(store: Store, _: StoreConfig) {
+    let docs = store.scope(&tenant(&store, "acme").await).documents();
+    let value = json!({ "text": "héllo ✓", "n": 42, "f": 1.5, "list": [1, null, true], "nested": { "a": { "b": [] } } });
+
+    let v1 = docs.put("notes", "one", &value).await.expect("put");
+    assert_eq!(
+        (v1.collection.as_str(), v1.key.as_str(), v1.version),
+        ("notes", "one", 1)
+    );
+    assert_eq!(v1.value, value);
+    assert!(v1.updated_at_ms > 0);
+
+    let v2 = docs
+        .put("notes", "one", &json!("replaced"))
+        .await
+        .expect("put again");
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        docs.get("notes", "one").await.expect("get"),
+        Some(v2.clone())
+    );
+    assert_eq!(docs.get("notes", "missing").await.expect("get"), None);
+    assert_eq!(docs.get("other", "one").await.expect("get"), None);
+
+    // Conditional writes.
+    let message = assert_conflict(docs.put_if_version("notes", "one", &json!(0), 0).await);
+    assert!(message.contains("found version 2"), "{message}");
+    let v3 = docs
+        .put_if_version("notes", "one", &json!(3), 2)
+        .await
+        .expect("matching version");
+    assert_eq!((v3.version, &v3.value), (3, &json!(3)));
+    let message = assert_conflict(
+        docs.put_if_version("notes", "one", &json!("stale"), 2)
+            .await,
+    );
+    assert!(
+        message.contains("expected version 2") && message.contains("found version 3"),
+        "{message}"
+    );
+    assert_eq!(
+        docs.get("notes", "one")
+            .await
+            .expect("get")
+            .map(|d| d.value),
+        Some(json!(3))
+    );
+
+    let fresh = docs
+        .put_if_version("notes", "two", &json!({}), 0)
+        .await
+        .expect("create-only");
+    assert_eq!(fresh.version, 1);
+    let message = assert_conflict(docs.put_if_version("notes", "three", &json!({}), 5).await);
+    assert!(message.contains("found no document"), "{message}");
+    assert_invalid(
+        docs.put_if_version("notes", "one", &json!(1), -1).await,
+        "expected_version",
+    );
+
+    // Delete.
+    assert!(docs.delete("notes", "one").await.expect("delete"));
+    assert!(!docs.delete("notes", "one").await.expect("delete again"));
+    assert_eq!(docs.get("notes", "one").await.expect("get"), None);
+    // A deleted document starts over at version 1.
+    assert_eq!(
+        docs.put("notes", "one", &json!(null))
+            .await
+            .expect("put")
+            .version,
+        1
+    );
+}
+
+async fn documents_pagination(store: Store, _: StoreConfig) {
+    let docs = store.scope(&tenant(&store, "acme").await).documents();
+    // Mixed case and digits: the order must be byte order on both backends.
+    let mut keys: Vec<String> = (0..23).map(|i| format!("k{:02}", (i * 7) % 23)).collect();
+    keys.extend(["B".into(), "a".into(), "_".into(), "Z9".into(), "é".into()]);
+    for k in &keys {
+        docs.put("items", k, &json!({ "key": k }))
+            .await
+            .expect("put");
+    }
+    docs.put("elsewhere", "k00", &json!(0)).await.expect("put");
+
+    let mut expected = keys.clone();
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = docs
+            .list("items", after.as_deref(), 10)
+            .await
+            .expect("list");
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        assert!(
+            page.iter()
+                .all(|d| d.collection == "items" && d.value == json!({ "key": d.key }))
+        );
+        after = page.last().map(|d| d.key.clone());
+        seen.extend(page.into_iter().map(|d| d.key));
+    }
+    assert_eq!(seen, expected);
+
+    // Limits clamp rather than fail.
+    assert_eq!(docs.list("items", None, 0).await.expect("list").len(), 1);
+    assert_eq!(
+        docs.list("items", None, 1_000_000)
+            .await
+            .expect("list")
+            .len(),
+        keys.len()
+    );
+    assert_eq!(
+        docs.list("items", Some("k21"), 100)
+            .await
+            .expect("list")
+            .len(),
+        2
+    ); // k22 and é
+    assert!(
+        docs.list("nothing", None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+async fn documents_concurrent_puts_bump_versions(store: Store, _: StoreConfig) {
+    let docs = store.scope(&tenant(&store, "acme").await).documents();
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let docs = docs.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                docs.put("counters", "shared", &json!({ "writer": writer, "i": i }))
+                    .await
+                    .expect("concurrent put");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    // Every upsert bumped the version exactly once.
+    assert_eq!(
+        docs.get("counters", "shared")
+            .await
+            .expect("get")
+            .map(|d| d.version),
+        Some(40)
+    );
+}
+
+async fn tenant_isolation(store: Store, _: StoreConfig) {
+    let a = store.scope(&tenant(&store, "tenant-a").await);
+    let b = store.scope(&tenant(&store, "tenant-b").await);
+    assert_eq!(a.tenant().as_str(), "tenant-a");
+
+    a.documents()
+        .put("shared", "same-key", &json!("a1"))
+        .await
+        .expect("put a");
+    a.documents()
+        .put("shared", "same-key", &json!("a2"))
+        .await
+        .expect("put a");
+    a.documents()
+        .put("shared", "only-a", &json!("a"))
+        .await
+        .expect("put a");
+    let b_doc = b
+        .documents()
+        .put("shared", "same-key", &json!("b1"))
+        .await
+        .expect("put b");
+    // B's first write is version 1, not A's 2 + 1.
+    assert_eq!(b_doc.version, 1);
+
+    assert_eq!(
+        a.documents()
+            .get("shared", "same-key")
+            .await
+            .expect("get")
+            .map(|d| d.value),
+        Some(json!("a2"))
+    );
+    assert_eq!(
+        b.documents()
+            .get("shared", "same-key")
+            .await
+            .expect("get")
+            .map(|d| d.value),
+        Some(json!("b1"))
+    );
+    assert_eq!(
+        b.documents().get("shared", "only-a").await.expect("get"),
+        None
+    );
+    let b_keys: Vec<String> = b
+        .documents()
+        .list("shared", None, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    assert_eq!(b_keys, ["same-key"]);
+
+    // Versions and deletes do not cross either.
+    assert_conflict(
+        b.documents()
+            .put_if_version("shared", "same-key", &json!("x"), 2)
+            .await,
+    );
+    assert!(
+        !b.documents()
+            .delete("shared", "only-a")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        b.documents()
+            .delete("shared", "same-key")
+            .await
+            .expect("delete")
+    );
+    assert_eq!(
+        a.documents()
+            .get("shared", "same-key")
+            .await
+            .expect("get")
+            .map(|d| d.version),
+        Some(2)
+    );
+
+    a.call_log()
+        .append_batch(&[record(1, 10), record(2, 20)])
+        .await
+        .expect("append a");
+    b.call_log()
+        .append_batch(&[record(3, 30)])
+        .await
+        .expect("append b");
+    assert_eq!(a.call_log().count().await.expect("count"), 2);
+    assert_eq!(b.call_log().count().await.expect("count"), 1);
+    assert_eq!(
+        b.call_log().recent(10).await.expect("recent"),
+        [record(3, 30)]
+    );
+}
+
+async fn call_log_batches(store: Store, _: StoreConfig) {
+    let log = store.scope(&tenant(&store, "acme").await).call_log();
+    assert_eq!(log.count().await.expect("count"), 0);
+    assert!(log.recent(10).await.expect("recent").is_empty());
+    log.append_batch(&[]).await.expect("empty batch");
+
+    let batch = [record(1, 1_000), record(2, 3_000), record(3, 2_000)];
+    log.append_batch(&batch).await.expect("append");
+    assert_eq!(log.count().await.expect("count"), 3);
+    // Newest first, by at_ms, with every field round-tripped.
+    assert_eq!(
+        log.recent(10).await.expect("recent"),
+        [record(2, 3_000), record(3, 2_000), record(1, 1_000)]
+    );
+    assert_eq!(log.recent(0).await.expect("recent"), [record(2, 3_000)]);
+
+    // Equal timestamps: the later insert counts as newer.
+    log.append_batch(&[record(4, 5_000), record(5, 5_000)])
+        .await
+        .expect("append");
+    assert_eq!(
+        log.recent(2).await.expect("recent"),
+        [record(5, 5_000), record(4, 5_000)]
+    );
+
+    // Larger than one INSERT statement's worth of rows.
+    let big: Vec<CallRecord> = (0..600).map(|i| record(i, 10_000 + i)).collect();
+    log.append_batch(&big).await.expect("big batch");
+    assert_eq!(log.count().await.expect("count"), 605);
+    assert_eq!(log.recent(1).await.expect("recent"), [record(599, 10_599)]);
+    assert_eq!(log.recent(5_000).await.expect("recent").len(), 605);
+
+    // A bad record rejects the whole batch, not just itself.
+    let mut poisoned: Vec<CallRecord> = (0..5).map(|i| record(i, 20_000 + i)).collect();
+    poisoned[3].principal = "nul\0byte".into();
+    match log.append_batch(&poisoned).await {
+        Err(StoreError::Invalid { field, message }) => {
+            assert_eq!(field, "call record principal");
+            assert!(message.contains("record 3"), "{message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(log.count().await.expect("count"), 605);
+}
+
+async fn unknown_tenant_writes_fail(store: Store, _: StoreConfig) {
+    let ghost = tid("ghost");
+    let scope = store.scope(&ghost);
+    let docs = scope.documents();
+
+    let is_unknown = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::UnknownTenant { tenant }) if tenant.as_str() == "ghost");
+    let put = docs.put("c", "k", &json!(1)).await;
+    assert!(is_unknown(&put), "{put:?}");
+    let message = put.map(|_| ()).expect_err("checked").to_string();
+    assert!(
+        message.contains("ghost") && message.contains("does not exist"),
+        "{message}"
+    );
+    let create_only = docs.put_if_version("c", "k", &json!(1), 0).await;
+    assert!(is_unknown(&create_only), "{create_only:?}");
+    let update = docs.put_if_version("c", "k", &json!(1), 3).await;
+    assert!(is_unknown(&update), "{update:?}");
+    let append = scope.call_log().append_batch(&[record(1, 1)]).await;
+    assert!(
+        matches!(&append, Err(StoreError::UnknownTenant { .. })),
+        "{append:?}"
+    );
+
+    // Nothing was created on the way.
+    assert_eq!(store.tenants().get(&ghost).await.expect("get"), None);
+    assert!(store.tenants().list().await.expect("list").is_empty());
+    assert_eq!(docs.get("c", "k").await.expect("get"), None);
+    assert!(docs.list("c", None, 10).await.expect("list").is_empty());
+    assert_eq!(scope.call_log().count().await.expect("count"), 0);
+
+    // Once registered, the same scope works.
+    store
+        .tenants()
+        .create(&ghost, "Ghost")
+        .await
+        .expect("create");
+    assert_eq!(docs.put("c", "k", &json!(1)).await.expect("put").version, 1);
+}
+
+async fn invalid_inputs_are_rejected(store: Store, _: StoreConfig) {
+    let docs = store.scope(&tenant(&store, "acme").await).documents();
+    let v = json!(true);
+    let long = "x".repeat(256);
+
+    assert_invalid(docs.put("", "k", &v).await, "collection");
+    assert_invalid(docs.put("c", "", &v).await, "key");
+    assert_invalid(docs.put(&long, "k", &v).await, "collection");
+    assert_invalid(docs.put("c", &long, &v).await, "key");
+    assert_invalid(docs.put("c", "nul\0", &v).await, "key");
+    assert_invalid(docs.put_if_version("c", "", &v, 0).await, "key");
+    assert_invalid(docs.get("", "k").await, "collection");
+    assert_invalid(docs.delete("c", &long).await, "key");
+    assert_invalid(docs.list("", None, 10).await, "collection");
+    assert_invalid(docs.list("c", Some(""), 10).await, "after_key");
+
+    // The 255-byte boundary itself is fine.
+    let max = "y".repeat(255);
+    assert_eq!(
+        docs.put(&max, &max, &v)
+            .await
+            .expect("max-length names")
+            .key,
+        max
+    );
+    assert_eq!(docs.list(&max, None, 10).await.expect("list").len(), 1);
+    // Nothing invalid reached the table.
+    assert!(docs.list("c", None, 10).await.expect("list").is_empty());
+}

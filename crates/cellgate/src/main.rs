@@ -1,0 +1,141 @@
+//! The cellgate binary: command line, configuration, and the wiring of the
+//! edge, pipeline, providers and store into one process.
+
+mod app;
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cellgate",
+    version,
+    about = "A secure, multi-tenant MCP gateway and tool runtime: many MCP servers, one endpoint, one trust pipeline.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct InstanceArgs {
+    /// Configuration file (default: ./cellgate.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded database and instance keys
+    /// (default: $CELLGATE_DATA_DIR, $XDG_DATA_HOME/cellgate or ~/.local/share/cellgate).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP over HTTP: Streamable HTTP at http://ADDR/mcp, legacy SSE at /sse,
+    /// health at /healthz and /readyz, Prometheus metrics at /metrics.
+    Serve {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Address to listen on (default 127.0.0.1:8080; loopback unless you say otherwise).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Also serve the conformance demo tools, resources and prompts.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Serve MCP over stdin/stdout for one client (Claude Desktop, VS Code, Inspector).
+    Stdio {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Also serve the conformance demo tools, resources and prompts.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Inspect the configuration file format.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Measure calls/s and latency over Streamable HTTP against a bare HTTP baseline.
+    Bench(bench::BenchArgs),
+    /// Print the version and the protocol revisions this build speaks.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of cellgate.toml (generated from the config types).
+    Schema,
+    /// Check a configuration file; reports every error with its line and key.
+    Check {
+        /// The file to check (default: ./cellgate.toml).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("cellgate {}", env!("CARGO_PKG_VERSION"));
+            println!("MCP protocol revisions: {}", cellgate_mcp::protocol::ALL_VERSIONS.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&cellgate_config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let path = file.unwrap_or_else(|| PathBuf::from("cellgate.toml"));
+            match cellgate_config::check_file(&path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(diagnostics) => {
+                    for d in &diagnostics {
+                        eprintln!("{}: {d}", path.display());
+                    }
+                    eprintln!("{}: {} error(s)", path.display(), diagnostics.len());
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Serve { instance, listen, demo } => {
+            let mut config = app::load_config(&instance)?;
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            config.demo.enabled |= demo;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(app::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stdio { instance, demo } => {
+            let mut config = app::load_config(&instance)?;
+            config.demo.enabled |= demo;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(app::stdio(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(bench::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
