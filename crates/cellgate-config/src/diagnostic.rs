@@ -91,11 +91,13 @@ pub(crate) fn parse_with_positions(text: &str) -> Result<Config, Vec<Diagnostic>
 
 /// Type-checks a table assembled from the file and the environment.
 pub(crate) fn from_table(table: toml::Table) -> Result<Config, Diagnostic> {
-    serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)).map_err(|e| Diagnostic {
-        line: None,
-        column: None,
-        key: key_of(e.path()),
-        message: e.inner().message().to_owned(),
+    serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)).map_err(|e| {
+        Diagnostic {
+            line: None,
+            column: None,
+            key: key_of(e.path()),
+            message: e.inner().message().to_owned(),
+        }
     })
 }
 
@@ -104,7 +106,12 @@ fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
     (s != "." && !s.is_empty()).then_some(s)
 }
 
-fn located(text: &str, span: Option<std::ops::Range<usize>>, key: Option<String>, message: &str) -> Diagnostic {
+fn located(
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    key: Option<String>,
+    message: &str,
+) -> Diagnostic {
     let (line, column) = match span {
         Some(span) => {
             let (l, c) = line_col(text, span.start);
@@ -195,7 +202,10 @@ fn key_span(text: &str, key: &str) -> Option<usize> {
                         _ => return None,
                     }
                 }
-                table.iter().find(|(k, _)| k.get_ref().as_ref() == name).map(|(_, v)| v)?
+                table
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_ref() == name)
+                    .map(|(_, v)| v)?
             }
             (Some(_), None) => return None,
         };

@@ -43,7 +43,9 @@ fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     }
     // `Option<Struct>` comes as anyOf [ref, null].
     if let Some(alts) = node.get("anyOf").and_then(Value::as_array)
-        && let Some(real) = alts.iter().find(|a| a.get("type").and_then(Value::as_str) != Some("null"))
+        && let Some(real) = alts
+            .iter()
+            .find(|a| a.get("type").and_then(Value::as_str) != Some("null"))
     {
         return resolve(root, real);
     }
@@ -98,7 +100,10 @@ pub(crate) fn apply(
     let leaves = leaves(&crate::json_schema());
     let mut applied = Vec::new();
     let mut problems = Vec::new();
-    let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(PREFIX)).collect();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect();
     vars.sort();
     for (var, raw) in vars {
         let Some(leaf) = leaves.iter().find(|l| l.var == var) else {
@@ -155,7 +160,8 @@ fn convert(kind: Kind, raw: &str) -> Result<toml::Value, String> {
 }
 
 fn inline(raw: &str) -> Result<toml::Value, String> {
-    let doc: toml::Table = toml::from_str(&format!("v = {raw}")).map_err(|e| format!("not a TOML value: {}", e.message()))?;
+    let doc: toml::Table = toml::from_str(&format!("v = {raw}"))
+        .map_err(|e| format!("not a TOML value: {}", e.message()))?;
     doc.get("v").cloned().ok_or_else(|| "empty value".into())
 }
 

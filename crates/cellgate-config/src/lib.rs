@@ -49,7 +49,10 @@ pub fn env_overrides() -> Vec<(String, String)> {
 /// value rules. Returns the parsed configuration or every problem found.
 pub fn check_file(path: &Path) -> Result<Config, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::whole_file(format!("cannot read {}: {e}", path.display()))]
+        vec![Diagnostic::whole_file(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))]
     })?;
     check_text(&text)
 }
@@ -96,7 +99,11 @@ impl Config {
             origin: Some(if applied.is_empty() {
                 origin.clone().unwrap_or_else(|| "defaults".into())
             } else {
-                format!("{} with {}", origin.clone().unwrap_or_else(|| "defaults".into()), applied.join(", "))
+                format!(
+                    "{} with {}",
+                    origin.clone().unwrap_or_else(|| "defaults".into()),
+                    applied.join(", ")
+                )
             }),
             diagnostics: vec![d],
         })?;

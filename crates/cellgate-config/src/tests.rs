@@ -1,7 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -19,12 +22,19 @@ fn file_then_environment() {
     let dir = std::env::temp_dir().join(format!("cellgate-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cellgate.toml");
-    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_json_depth = 32\n[demo]\nenabled = true\n").unwrap();
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:9000\"\nmax_json_depth = 32\n[demo]\nenabled = true\n",
+    )
+    .unwrap();
     let c = Config::load(
         Some(&path),
         env(&[
             ("CELLGATE_SERVER_LISTEN", "127.0.0.1:9100"),
-            ("CELLGATE_SERVER_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            (
+                "CELLGATE_SERVER_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
             ("CELLGATE_METRICS_ENABLED", "false"),
             ("CELLGATE_DATA_DIR", "/tmp/x"),
             ("CELLGATE_UNRELATED_THING", "ignored"),
@@ -35,7 +45,10 @@ fn file_then_environment() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(c.server.listen, "127.0.0.1:9100", "environment beats file");
     assert_eq!(c.server.max_json_depth, 32, "file beats default");
-    assert_eq!(c.server.allowed_origins, vec!["https://a.example", "https://b.example"]);
+    assert_eq!(
+        c.server.allowed_origins,
+        vec!["https://a.example", "https://b.example"]
+    );
     assert!(!c.metrics.enabled);
     assert!(c.demo.enabled);
     assert_eq!(c.data_dir.as_deref(), Some("/tmp/x"));
@@ -52,7 +65,10 @@ fn every_key_has_an_environment_variable() {
         ("CELLGATE_LOG_FORMAT", "log.format"),
         ("CELLGATE_DEMO_ENABLED", "demo.enabled"),
     ] {
-        assert!(vars.contains(&(var.to_string(), key.to_string())), "{var} missing in {vars:?}");
+        assert!(
+            vars.contains(&(var.to_string(), key.to_string())),
+            "{var} missing in {vars:?}"
+        );
     }
 }
 
@@ -91,34 +107,61 @@ fn value_rules_report_every_problem_with_its_line() {
     let text = "data_dir = \"/d\"\n[server]\nlisten = \"everywhere\"\nmax_json_depth = 0\nallowed_origins = [\"https://ok.example\", \"ftp:/x\"]\n[store]\nbackend = \"postgres\"\n";
     let d = check_text(text).unwrap_err();
     let keys: Vec<_> = d.iter().map(|d| (d.key.clone().unwrap(), d.line)).collect();
-    assert!(keys.contains(&("server.listen".into(), Some(3))), "{keys:?}");
-    assert!(keys.contains(&("server.max_json_depth".into(), Some(4))), "{keys:?}");
-    assert!(keys.contains(&("server.allowed_origins[1]".into(), Some(5))), "{keys:?}");
-    assert!(keys.contains(&("store.url".into(), None)), "a missing key has no line: {keys:?}");
+    assert!(
+        keys.contains(&("server.listen".into(), Some(3))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("server.max_json_depth".into(), Some(4))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("server.allowed_origins[1]".into(), Some(5))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("store.url".into(), None)),
+        "a missing key has no line: {keys:?}"
+    );
     assert_eq!(d.len(), 4, "{d:?}");
     let shown = d[0].to_string();
-    assert!(shown.starts_with("line 3, column 10: `server.listen`:"), "{shown}");
+    assert!(
+        shown.starts_with("line 3, column 10: `server.listen`:"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn a_good_file_checks_clean() {
     let c = check_text("[server]\nlisten = \"0.0.0.0:80\"\n[store]\nbackend = \"postgres\"\nurl = \"postgres://u:p@h/db\"\n").unwrap();
     assert_eq!(c.store.backend, StoreBackend::Postgres);
-    assert_eq!(c.redacted_store_location(), "postgres postgres://u:***@h/db");
+    assert_eq!(
+        c.redacted_store_location(),
+        "postgres postgres://u:***@h/db"
+    );
 }
 
 #[test]
 fn schema_carries_doc_comments_and_defaults() {
     let s = json_schema();
     let text = s.to_string();
-    assert!(text.contains("Address to listen on"), "doc comments become descriptions");
-    assert!(text.contains("127.0.0.1:8080"), "defaults are in the schema");
+    assert!(
+        text.contains("Address to listen on"),
+        "doc comments become descriptions"
+    );
+    assert!(
+        text.contains("127.0.0.1:8080"),
+        "defaults are in the schema"
+    );
     assert_eq!(s["title"], "cellgate.toml");
 }
 
 #[test]
 fn passwords_are_redacted() {
-    assert_eq!(redact_url_password("postgres://a:b@h:5/d"), "postgres://a:***@h:5/d");
+    assert_eq!(
+        redact_url_password("postgres://a:b@h:5/d"),
+        "postgres://a:***@h:5/d"
+    );
     assert_eq!(redact_url_password("postgres://a@h/d"), "postgres://a@h/d");
     assert_eq!(redact_url_password("not a url"), "not a url");
 }

@@ -11,15 +11,48 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if s.listen.parse::<SocketAddr>().is_err() {
         p.push(Problem::new(
             "server.listen",
-            format!("{:?} is not an IP address and port such as 127.0.0.1:8080", s.listen),
+            format!(
+                "{:?} is not an IP address and port such as 127.0.0.1:8080",
+                s.listen
+            ),
         ));
     }
-    range(&mut p, "server.max_body_bytes", s.max_body_bytes, 1024, 1 << 30);
-    range(&mut p, "server.max_json_depth", u64::from(s.max_json_depth), 2, 1024);
-    range(&mut p, "server.session_idle_secs", s.session_idle_secs, 1, 7 * 24 * 3600);
+    range(
+        &mut p,
+        "server.max_body_bytes",
+        s.max_body_bytes,
+        1024,
+        1 << 30,
+    );
+    range(
+        &mut p,
+        "server.max_json_depth",
+        u64::from(s.max_json_depth),
+        2,
+        1024,
+    );
+    range(
+        &mut p,
+        "server.session_idle_secs",
+        s.session_idle_secs,
+        1,
+        7 * 24 * 3600,
+    );
     range(&mut p, "server.sse_retry_ms", s.sse_retry_ms, 1, 3_600_000);
-    range(&mut p, "server.sse_history", u64::from(s.sse_history), 1, 1_000_000);
-    range(&mut p, "server.request_timeout_secs", s.request_timeout_secs, 1, 24 * 3600);
+    range(
+        &mut p,
+        "server.sse_history",
+        u64::from(s.sse_history),
+        1,
+        1_000_000,
+    );
+    range(
+        &mut p,
+        "server.request_timeout_secs",
+        s.request_timeout_secs,
+        1,
+        24 * 3600,
+    );
     for (i, origin) in s.allowed_origins.iter().enumerate() {
         if !is_origin(origin) {
             p.push(Problem::new(
@@ -65,9 +98,18 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             Some(_) => {}
         },
     }
-    range(&mut p, "store.max_connections", u64::from(st.max_connections), 1, 1000);
+    range(
+        &mut p,
+        "store.max_connections",
+        u64::from(st.max_connections),
+        1,
+        1000,
+    );
     if config.log.level.trim().is_empty() {
-        p.push(Problem::new("log.level", "must not be empty (for example \"info\")"));
+        p.push(Problem::new(
+            "log.level",
+            "must not be empty (for example \"info\")",
+        ));
     }
     if config.data_dir.as_deref() == Some("") {
         p.push(Problem::new("data_dir", "must not be empty"));
@@ -77,7 +119,10 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
 
 fn range(p: &mut Vec<Problem>, key: &str, value: u64, min: u64, max: u64) {
     if value < min || value > max {
-        p.push(Problem::new(key, format!("{value} is outside {min}..={max}")));
+        p.push(Problem::new(
+            key,
+            format!("{value} is outside {min}..={max}"),
+        ));
     }
 }
 
@@ -85,5 +130,7 @@ fn is_origin(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once("://") else {
         return false;
     };
-    matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' '])
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
 }

@@ -53,13 +53,21 @@ impl Catalog {
 
     fn invalidate(&self, ev: &ProviderEvent) {
         match ev {
-            ProviderEvent::ToolsChanged => *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = None,
-            ProviderEvent::PromptsChanged => *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = None,
+            ProviderEvent::ToolsChanged => {
+                *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = None
+            }
+            ProviderEvent::PromptsChanged => {
+                *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = None
+            }
             _ => {}
         }
     }
 
-    pub async fn list_tools(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+    pub async fn list_tools(
+        &self,
+        ctx: &CallContext,
+        cursor: Option<&str>,
+    ) -> Result<Value, McpError> {
         let mut all = Vec::new();
         let mut index = HashMap::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -72,8 +80,17 @@ impl Catalog {
         paginate("tools", all, cursor)
     }
 
-    async fn route(&self, ctx: &CallContext, name: &str, tools: bool) -> Result<Option<usize>, McpError> {
-        let lock = if tools { &self.tool_index } else { &self.prompt_index };
+    async fn route(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        tools: bool,
+    ) -> Result<Option<usize>, McpError> {
+        let lock = if tools {
+            &self.tool_index
+        } else {
+            &self.prompt_index
+        };
         if let Some(idx) = lock.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(idx.get(name).copied());
         }
@@ -94,14 +111,24 @@ impl Catalog {
         Ok(found)
     }
 
-    pub async fn call_tool(&self, ctx: &CallContext, name: &str, arguments: Map<String, Value>) -> Result<Value, McpError> {
+    pub async fn call_tool(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Value, McpError> {
         match self.route(ctx, name, true).await? {
             Some(i) => self.providers[i].call_tool(ctx, name, arguments).await,
-            None => Err(McpError::invalid_params(format!("unknown tool: {name}")).with_data(json!({ "name": name }))),
+            None => Err(McpError::invalid_params(format!("unknown tool: {name}"))
+                .with_data(json!({ "name": name }))),
         }
     }
 
-    pub async fn list_resources(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+    pub async fn list_resources(
+        &self,
+        ctx: &CallContext,
+        cursor: Option<&str>,
+    ) -> Result<Value, McpError> {
         let mut all = Vec::new();
         for p in &self.providers {
             for r in p.list_resources(ctx).await? {
@@ -111,7 +138,11 @@ impl Catalog {
         paginate("resources", all, cursor)
     }
 
-    pub async fn list_resource_templates(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+    pub async fn list_resource_templates(
+        &self,
+        ctx: &CallContext,
+        cursor: Option<&str>,
+    ) -> Result<Value, McpError> {
         let mut all = Vec::new();
         for p in &self.providers {
             for r in p.list_resource_templates(ctx).await? {
@@ -131,7 +162,11 @@ impl Catalog {
         Err(McpError::resource_not_found(uri))
     }
 
-    pub async fn list_prompts(&self, ctx: &CallContext, cursor: Option<&str>) -> Result<Value, McpError> {
+    pub async fn list_prompts(
+        &self,
+        ctx: &CallContext,
+        cursor: Option<&str>,
+    ) -> Result<Value, McpError> {
         let mut all = Vec::new();
         let mut index = HashMap::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -144,10 +179,16 @@ impl Catalog {
         paginate("prompts", all, cursor)
     }
 
-    pub async fn get_prompt(&self, ctx: &CallContext, name: &str, arguments: Map<String, Value>) -> Result<Value, McpError> {
+    pub async fn get_prompt(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Value, McpError> {
         match self.route(ctx, name, false).await? {
             Some(i) => self.providers[i].get_prompt(ctx, name, arguments).await,
-            None => Err(McpError::invalid_params(format!("unknown prompt: {name}")).with_data(json!({ "name": name }))),
+            None => Err(McpError::invalid_params(format!("unknown prompt: {name}"))
+                .with_data(json!({ "name": name }))),
         }
     }
 
@@ -169,11 +210,15 @@ fn paginate(key: &str, items: Vec<Value>, cursor: Option<&str>) -> Result<Value,
     let offset = match cursor {
         None => 0,
         Some(c) => decode_cursor(c).ok_or_else(|| {
-            McpError::invalid_params(format!("invalid cursor {c:?}: pass back exactly the nextCursor of a previous page"))
+            McpError::invalid_params(format!(
+                "invalid cursor {c:?}: pass back exactly the nextCursor of a previous page"
+            ))
         })?,
     };
     if offset > items.len() {
-        return Err(McpError::invalid_params(format!("invalid cursor: offset {offset} is past the end of the list")));
+        return Err(McpError::invalid_params(format!(
+            "invalid cursor: offset {offset} is past the end of the list"
+        )));
     }
     let end = (offset + PAGE_SIZE).min(items.len());
     let has_more = end < items.len();
@@ -181,7 +226,10 @@ fn paginate(key: &str, items: Vec<Value>, cursor: Option<&str>) -> Result<Value,
     let mut out = Map::new();
     out.insert(key.to_owned(), Value::Array(page));
     if has_more {
-        out.insert("nextCursor".into(), Value::String(URL_SAFE_NO_PAD.encode(format!("o:{end}"))));
+        out.insert(
+            "nextCursor".into(),
+            Value::String(URL_SAFE_NO_PAD.encode(format!("o:{end}"))),
+        );
     }
     Ok(Value::Object(out))
 }

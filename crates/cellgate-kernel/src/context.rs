@@ -202,7 +202,9 @@ impl CallContext {
         if !self.client_supports(capability) {
             return Err(McpError::new(
                 crate::codes::INVALID_REQUEST,
-                format!("the client did not declare the `{capability}` capability, so `{method}` cannot be sent"),
+                format!(
+                    "the client did not declare the `{capability}` capability, so `{method}` cannot be sent"
+                ),
             ));
         }
         tokio::select! {
@@ -211,5 +213,3 @@ impl CallContext {
         }
     }
 }
-
-

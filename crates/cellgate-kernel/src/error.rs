@@ -48,7 +48,10 @@ impl McpError {
         Self::new(codes::INVALID_REQUEST, message)
     }
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(codes::METHOD_NOT_FOUND, format!("method not found: {method}"))
+        Self::new(
+            codes::METHOD_NOT_FOUND,
+            format!("method not found: {method}"),
+        )
     }
     pub fn invalid_params(message: impl Into<String>) -> Self {
         Self::new(codes::INVALID_PARAMS, message)
@@ -57,8 +60,11 @@ impl McpError {
         Self::new(codes::INTERNAL_ERROR, message)
     }
     pub fn resource_not_found(uri: &str) -> Self {
-        Self::new(codes::RESOURCE_NOT_FOUND, format!("resource not found: {uri}"))
-            .with_data(serde_json::json!({ "uri": uri }))
+        Self::new(
+            codes::RESOURCE_NOT_FOUND,
+            format!("resource not found: {uri}"),
+        )
+        .with_data(serde_json::json!({ "uri": uri }))
     }
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(codes::REQUEST_CANCELLED, message)

@@ -51,8 +51,12 @@ where
             let result = fut.await;
             let micros = started.elapsed().as_micros() as u64;
             match &result {
-                Ok(_) => tracing::debug!(method, target = target.as_deref(), %tenant, micros, "call ok"),
-                Err(e) => tracing::info!(method, target = target.as_deref(), %tenant, micros, code = e.code, error = %e.message, "call failed"),
+                Ok(_) => {
+                    tracing::debug!(method, target = target.as_deref(), %tenant, micros, "call ok")
+                }
+                Err(e) => {
+                    tracing::info!(method, target = target.as_deref(), %tenant, micros, code = e.code, error = %e.message, "call failed")
+                }
             }
             result
         })
@@ -69,7 +73,10 @@ pub struct MeterLayer {
 
 impl MeterLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, records: None }
+        Self {
+            metrics,
+            records: None,
+        }
     }
     /// Also send a record of each call to `tx` (dropped, and counted, when full).
     pub fn with_records(mut self, tx: mpsc::Sender<CallRecord>) -> Self {
@@ -142,7 +149,9 @@ where
                 })
                 .inc();
             m.latency
-                .get_or_create(&MethodLabel { method: method.to_owned() })
+                .get_or_create(&MethodLabel {
+                    method: method.to_owned(),
+                })
                 .observe(elapsed.as_secs_f64());
             if let Some((tx, tenant, principal, target)) = record_base {
                 let record = CallRecord {
@@ -153,7 +162,10 @@ where
                     outcome,
                     error_code: result.as_ref().err().map(|e| e.code),
                     latency_us: elapsed.as_micros() as u64,
-                    at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                    at_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
                 };
                 if tx.try_send(record).is_err() {
                     m.records_dropped.inc();
@@ -175,7 +187,10 @@ mod tests {
         fn id(&self) -> &str {
             "echo"
         }
-        fn list_tools<'a>(&'a self, _: &'a CallContext) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
+        fn list_tools<'a>(
+            &'a self,
+            _: &'a CallContext,
+        ) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
             Box::pin(async { Ok(vec![Tool::new("echo", "echo", json!({"type":"object"}))]) })
         }
         fn call_tool<'a>(
@@ -184,7 +199,9 @@ mod tests {
             _name: &'a str,
             args: Map<String, Value>,
         ) -> BoxFuture<'a, Result<Value, McpError>> {
-            Box::pin(async move { Ok(json!({"content":[{"type":"text","text": Value::Object(args).to_string()}]})) })
+            Box::pin(async move {
+                Ok(json!({"content":[{"type":"text","text": Value::Object(args).to_string()}]}))
+            })
         }
     }
 
@@ -198,20 +215,44 @@ mod tests {
             .build();
         let ctx = CallContext::detached("t1");
         let ok = p
-            .call(Call { ctx: ctx.clone(), request: Request::CallTool { name: "echo".into(), arguments: Map::new() } })
+            .call(Call {
+                ctx: ctx.clone(),
+                request: Request::CallTool {
+                    name: "echo".into(),
+                    arguments: Map::new(),
+                },
+            })
             .await;
         assert!(ok.is_ok());
         let err = p
-            .call(Call { ctx, request: Request::CallTool { name: "nope".into(), arguments: Map::new() } })
+            .call(Call {
+                ctx,
+                request: Request::CallTool {
+                    name: "nope".into(),
+                    arguments: Map::new(),
+                },
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code, crate::codes::INVALID_PARAMS);
         let text = metrics.render();
-        assert!(text.contains(r#"cellgate_requests_total{method="tools/call",outcome="ok"} 1"#), "{text}");
-        assert!(text.contains(r#"cellgate_requests_total{method="tools/call",outcome="error"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"cellgate_requests_total{method="tools/call",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cellgate_requests_total{method="tools/call",outcome="error"} 1"#),
+            "{text}"
+        );
         let r1 = rx.recv().await.unwrap();
-        assert_eq!((r1.method, r1.outcome, &*r1.tenant), ("tools/call", "ok", "t1"));
+        assert_eq!(
+            (r1.method, r1.outcome, &*r1.tenant),
+            ("tools/call", "ok", "t1")
+        );
         let r2 = rx.recv().await.unwrap();
-        assert_eq!((r2.outcome, r2.error_code, r2.target.as_deref()), ("error", Some(-32602), Some("nope")));
+        assert_eq!(
+            (r2.outcome, r2.error_code, r2.target.as_deref()),
+            ("error", Some(-32602), Some("nope"))
+        );
     }
 }

@@ -47,14 +47,33 @@ impl Metrics {
         let mut registry = Registry::with_prefix("cellgate");
         let requests = Family::<MethodOutcome, Counter>::default();
         let latency = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ])
         });
         let active_sessions = Gauge::default();
         let records_dropped = Counter::default();
-        registry.register("requests", "MCP requests by method and outcome", requests.clone());
-        registry.register("request_duration_seconds", "MCP request latency by method", latency.clone());
-        registry.register("active_sessions", "Open MCP sessions", active_sessions.clone());
-        registry.register("call_records_dropped", "Call records not persisted because the writer fell behind", records_dropped.clone());
+        registry.register(
+            "requests",
+            "MCP requests by method and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "MCP request latency by method",
+            latency.clone(),
+        );
+        registry.register(
+            "active_sessions",
+            "Open MCP sessions",
+            active_sessions.clone(),
+        );
+        registry.register(
+            "call_records_dropped",
+            "Call records not persisted because the writer fell behind",
+            records_dropped.clone(),
+        );
         Arc::new(Self {
             registry: Mutex::new(registry),
             requests,
@@ -78,4 +97,3 @@ impl Metrics {
         out
     }
 }
-

@@ -21,7 +21,11 @@ pub struct Tool {
 
 impl Tool {
     /// A tool with an object input schema; add the rest with [`Tool::with`].
-    pub fn new(name: impl Into<String>, description: impl Into<String>, input_schema: Value) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        input_schema: Value,
+    ) -> Self {
         Self {
             name: name.into(),
             description: Some(description.into()),
@@ -150,7 +154,10 @@ mod tests {
     #[test]
     fn template_matching() {
         let t = ResourceTemplate::new("test://template/{id}/data", "t");
-        assert_eq!(t.match_uri("test://template/42/data").unwrap()["id"], json!("42"));
+        assert_eq!(
+            t.match_uri("test://template/42/data").unwrap()["id"],
+            json!("42")
+        );
         assert!(t.match_uri("test://template//data").is_none());
         assert!(t.match_uri("test://template/4/2/data").is_none());
         assert!(t.match_uri("test://template/42/datax").is_none());

@@ -14,14 +14,32 @@ use crate::{BoxFuture, CallContext, Catalog, McpError};
 /// (`initialize`, `ping`, notifications) stay at the edge.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    ListTools { cursor: Option<String> },
-    CallTool { name: String, arguments: Map<String, Value> },
-    ListResources { cursor: Option<String> },
-    ListResourceTemplates { cursor: Option<String> },
-    ReadResource { uri: String },
-    ListPrompts { cursor: Option<String> },
-    GetPrompt { name: String, arguments: Map<String, Value> },
-    Complete { params: Value },
+    ListTools {
+        cursor: Option<String>,
+    },
+    CallTool {
+        name: String,
+        arguments: Map<String, Value>,
+    },
+    ListResources {
+        cursor: Option<String>,
+    },
+    ListResourceTemplates {
+        cursor: Option<String>,
+    },
+    ReadResource {
+        uri: String,
+    },
+    ListPrompts {
+        cursor: Option<String>,
+    },
+    GetPrompt {
+        name: String,
+        arguments: Map<String, Value>,
+    },
+    Complete {
+        params: Value,
+    },
 }
 
 impl Request {
@@ -74,15 +92,27 @@ impl Service<Call> for Dispatch {
             let Call { ctx, request } = call;
             let work = async {
                 match request {
-                    Request::ListTools { cursor } => catalog.list_tools(&ctx, cursor.as_deref()).await,
-                    Request::CallTool { name, arguments } => catalog.call_tool(&ctx, &name, arguments).await,
-                    Request::ListResources { cursor } => catalog.list_resources(&ctx, cursor.as_deref()).await,
+                    Request::ListTools { cursor } => {
+                        catalog.list_tools(&ctx, cursor.as_deref()).await
+                    }
+                    Request::CallTool { name, arguments } => {
+                        catalog.call_tool(&ctx, &name, arguments).await
+                    }
+                    Request::ListResources { cursor } => {
+                        catalog.list_resources(&ctx, cursor.as_deref()).await
+                    }
                     Request::ListResourceTemplates { cursor } => {
-                        catalog.list_resource_templates(&ctx, cursor.as_deref()).await
+                        catalog
+                            .list_resource_templates(&ctx, cursor.as_deref())
+                            .await
                     }
                     Request::ReadResource { uri } => catalog.read_resource(&ctx, &uri).await,
-                    Request::ListPrompts { cursor } => catalog.list_prompts(&ctx, cursor.as_deref()).await,
-                    Request::GetPrompt { name, arguments } => catalog.get_prompt(&ctx, &name, arguments).await,
+                    Request::ListPrompts { cursor } => {
+                        catalog.list_prompts(&ctx, cursor.as_deref()).await
+                    }
+                    Request::GetPrompt { name, arguments } => {
+                        catalog.get_prompt(&ctx, &name, arguments).await
+                    }
                     Request::Complete { params } => catalog.complete(&ctx, &params).await,
                 }
             };
@@ -131,7 +161,8 @@ impl PipelineBuilder {
     pub fn layer<L>(self, layer: L) -> Self
     where
         L: Layer<Inner>,
-        L::Service: Service<Call, Response = Value, Error = McpError> + Clone + Send + Sync + 'static,
+        L::Service:
+            Service<Call, Response = Value, Error = McpError> + Clone + Send + Sync + 'static,
         <L::Service as Service<Call>>::Future: Send + 'static,
     {
         Self {

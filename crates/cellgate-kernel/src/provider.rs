@@ -16,7 +16,9 @@ pub enum ProviderEvent {
     ResourcesChanged,
     PromptsChanged,
     /// The content of one resource changed (for `resources/subscribe`).
-    ResourceUpdated { uri: String },
+    ResourceUpdated {
+        uri: String,
+    },
 }
 
 /// Anything that offers tools, resources or prompts: an upstream MCP server,
@@ -30,7 +32,10 @@ pub trait Provider: Send + Sync + 'static {
     /// A short, stable identifier (used in logs and metrics).
     fn id(&self) -> &str;
 
-    fn list_tools<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
+    fn list_tools<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 
@@ -46,7 +51,10 @@ pub trait Provider: Send + Sync + 'static {
         Box::pin(async move { Err(McpError::invalid_params(format!("unknown tool: {name}"))) })
     }
 
-    fn list_resources<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Resource>, McpError>> {
+    fn list_resources<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Resource>, McpError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 
@@ -58,11 +66,18 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Returns a `ReadResourceResult` object (`contents`).
-    fn read_resource<'a>(&'a self, _ctx: &'a CallContext, uri: &'a str) -> BoxFuture<'a, Result<Value, McpError>> {
+    fn read_resource<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move { Err(McpError::resource_not_found(uri)) })
     }
 
-    fn list_prompts<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Prompt>, McpError>> {
+    fn list_prompts<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Prompt>, McpError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 

@@ -8,14 +8,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cellgate_kernel::{
-    BoxFuture, CallContext, LogLevel, McpError, Prompt, Provider, ProviderEvent, Resource, ResourceTemplate, Tool,
+    BoxFuture, CallContext, LogLevel, McpError, Prompt, Provider, ProviderEvent, Resource,
+    ResourceTemplate, Tool,
 };
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 /// A 1×1 red PNG.
-pub const TEST_IMAGE_BASE64: &str =
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+pub const TEST_IMAGE_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
 /// A minimal WAV file.
 pub const TEST_AUDIO_BASE64: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA=";
 
@@ -32,7 +32,10 @@ impl ConformanceProvider {
     /// updates `test://watched-resource` every `watch_every`.
     pub fn new(watch_every: Duration) -> Arc<Self> {
         let (events, _) = broadcast::channel(64);
-        let p = Arc::new(Self { events, watched_revision: AtomicU64::new(0) });
+        let p = Arc::new(Self {
+            events,
+            watched_revision: AtomicU64::new(0),
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak: Weak<Self> = Arc::downgrade(&p);
             tokio::spawn(async move {
@@ -42,7 +45,9 @@ impl ConformanceProvider {
                     tick.tick().await;
                     let Some(p) = weak.upgrade() else { break };
                     p.watched_revision.fetch_add(1, Ordering::Relaxed);
-                    let _ = p.events.send(ProviderEvent::ResourceUpdated { uri: WATCHED_URI.into() });
+                    let _ = p.events.send(ProviderEvent::ResourceUpdated {
+                        uri: WATCHED_URI.into(),
+                    });
                 }
             });
         }
@@ -143,16 +148,27 @@ fn elicitation_text(prefix: &str, r: Result<Value, McpError>) -> Value {
 }
 
 fn string_arg<'a>(args: &'a Map<String, Value>, name: &str) -> Result<&'a str, Value> {
-    args.get(name).and_then(Value::as_str).ok_or_else(|| tool_error(format!("arguments.{name} is required and must be a string")))
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| tool_error(format!("arguments.{name} is required and must be a string")))
 }
 
 impl ConformanceProvider {
-    async fn run(&self, ctx: &CallContext, name: &str, args: Map<String, Value>) -> Result<Value, McpError> {
+    async fn run(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        args: Map<String, Value>,
+    ) -> Result<Value, McpError> {
         let sleep = || tokio::time::sleep(Duration::from_millis(50));
         Ok(match name {
             "test_simple_text" => ok_text("This is a simple text response for testing."),
-            "test_image_content" => json!({ "content": [{ "type": "image", "data": TEST_IMAGE_BASE64, "mimeType": "image/png" }] }),
-            "test_audio_content" => json!({ "content": [{ "type": "audio", "data": TEST_AUDIO_BASE64, "mimeType": "audio/wav" }] }),
+            "test_image_content" => {
+                json!({ "content": [{ "type": "image", "data": TEST_IMAGE_BASE64, "mimeType": "image/png" }] })
+            }
+            "test_audio_content" => {
+                json!({ "content": [{ "type": "audio", "data": TEST_AUDIO_BASE64, "mimeType": "audio/wav" }] })
+            }
             "test_embedded_resource" => json!({ "content": [{ "type": "resource", "resource": {
                 "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content." } }] }),
             "test_multiple_content_types" => json!({ "content": [
@@ -162,7 +178,14 @@ impl ConformanceProvider {
                     "text": json!({ "test": "data", "value": 123 }).to_string() } }
             ] }),
             "test_tool_with_logging" => {
-                for (i, msg) in ["Tool execution started", "Tool processing data", "Tool execution completed"].iter().enumerate() {
+                for (i, msg) in [
+                    "Tool execution started",
+                    "Tool processing data",
+                    "Tool execution completed",
+                ]
+                .iter()
+                .enumerate()
+                {
                     if i > 0 {
                         sleep().await;
                     }
@@ -183,11 +206,15 @@ impl ConformanceProvider {
                     None => ok_text("0"),
                 }
             }
-            "test_error_handling" => tool_error("This tool intentionally returns an error for testing"),
+            "test_error_handling" => {
+                tool_error("This tool intentionally returns an error for testing")
+            }
             "test_reconnection" => {
                 ctx.peer.close_stream();
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                ok_text("Reconnection test completed successfully. If you received this, the client properly reconnected after stream closure.")
+                ok_text(
+                    "Reconnection test completed successfully. If you received this, the client properly reconnected after stream closure.",
+                )
             }
             "test_sampling" => {
                 let prompt = match string_arg(&args, "prompt") {
@@ -257,9 +284,14 @@ impl ConformanceProvider {
             }
             "json_schema_2020_12_tool" => {
                 if let Some(k) = args.keys().find(|k| *k != "name" && *k != "address") {
-                    return Ok(tool_error(format!("arguments.{k} is not allowed (additionalProperties: false)")));
+                    return Ok(tool_error(format!(
+                        "arguments.{k} is not allowed (additionalProperties: false)"
+                    )));
                 }
-                ok_text(format!("JSON Schema 2020-12 tool called with: {}", Value::Object(args)))
+                ok_text(format!(
+                    "JSON Schema 2020-12 tool called with: {}",
+                    Value::Object(args)
+                ))
             }
             "echo" => {
                 let t = match string_arg(&args, "text") {
@@ -274,7 +306,11 @@ impl ConformanceProvider {
 }
 
 fn completion(candidates: &[&str], prefix: &str) -> Value {
-    let values: Vec<&str> = candidates.iter().copied().filter(|c| c.starts_with(prefix)).collect();
+    let values: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|c| c.starts_with(prefix))
+        .collect();
     json!({ "completion": { "values": values, "total": values.len(), "hasMore": false } })
 }
 
@@ -283,15 +319,26 @@ impl Provider for ConformanceProvider {
         "conformance"
     }
 
-    fn list_tools<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
+    fn list_tools<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Tool>, McpError>> {
         Box::pin(async { Ok(tools()) })
     }
 
-    fn call_tool<'a>(&'a self, ctx: &'a CallContext, name: &'a str, arguments: Map<String, Value>) -> BoxFuture<'a, Result<Value, McpError>> {
+    fn call_tool<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        name: &'a str,
+        arguments: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(self.run(ctx, name, arguments))
     }
 
-    fn list_resources<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Resource>, McpError>> {
+    fn list_resources<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Resource>, McpError>> {
         Box::pin(async {
             Ok(vec![
                 Resource::new("test://static-text", "static-text")
@@ -300,39 +347,64 @@ impl Provider for ConformanceProvider {
                     .with("mimeType", json!("text/plain")),
                 Resource::new("test://static-binary", "static-binary")
                     .with("title", json!("Static Binary Resource"))
-                    .with("description", json!("A static binary resource (image) for testing"))
+                    .with(
+                        "description",
+                        json!("A static binary resource (image) for testing"),
+                    )
                     .with("mimeType", json!("image/png")),
                 Resource::new(WATCHED_URI, "watched-resource")
                     .with("title", json!("Watched Resource"))
-                    .with("description", json!("A resource that changes periodically; subscribe to hear about it"))
+                    .with(
+                        "description",
+                        json!("A resource that changes periodically; subscribe to hear about it"),
+                    )
                     .with("mimeType", json!("text/plain")),
             ])
         })
     }
 
-    fn list_resource_templates<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<ResourceTemplate>, McpError>> {
+    fn list_resource_templates<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<ResourceTemplate>, McpError>> {
         Box::pin(async {
             Ok(vec![
                 ResourceTemplate::new(TEMPLATE, "template")
                     .with("title", json!("Resource Template"))
-                    .with("description", json!("A resource template with parameter substitution"))
+                    .with(
+                        "description",
+                        json!("A resource template with parameter substitution"),
+                    )
                     .with("mimeType", json!("application/json")),
             ])
         })
     }
 
-    fn read_resource<'a>(&'a self, _ctx: &'a CallContext, uri: &'a str) -> BoxFuture<'a, Result<Value, McpError>> {
+    fn read_resource<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move {
             let content = match uri {
-                "test://static-text" => json!({ "uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource." }),
-                "test://static-binary" => json!({ "uri": uri, "mimeType": "image/png", "blob": TEST_IMAGE_BASE64 }),
+                "test://static-text" => {
+                    json!({ "uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource." })
+                }
+                "test://static-binary" => {
+                    json!({ "uri": uri, "mimeType": "image/png", "blob": TEST_IMAGE_BASE64 })
+                }
                 WATCHED_URI => {
                     let rev = self.watched_revision.load(Ordering::Relaxed);
-                    let text = if rev == 0 { "Watched resource content".to_owned() } else { format!("Watched resource content (revision {rev})") };
+                    let text = if rev == 0 {
+                        "Watched resource content".to_owned()
+                    } else {
+                        format!("Watched resource content (revision {rev})")
+                    };
                     json!({ "uri": uri, "mimeType": "text/plain", "text": text })
                 }
                 _ => {
-                    let Some(vars) = ResourceTemplate::new(TEMPLATE, "template").match_uri(uri) else {
+                    let Some(vars) = ResourceTemplate::new(TEMPLATE, "template").match_uri(uri)
+                    else {
                         return Err(McpError::resource_not_found(uri));
                     };
                     let id = vars.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -344,7 +416,10 @@ impl Provider for ConformanceProvider {
         })
     }
 
-    fn list_prompts<'a>(&'a self, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Vec<Prompt>, McpError>> {
+    fn list_prompts<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<Prompt>, McpError>> {
         Box::pin(async {
             let arg = |name: &str, description: &str| json!({ "name": name, "description": description, "required": true });
             Ok(vec![
@@ -354,11 +429,23 @@ impl Provider for ConformanceProvider {
                 Prompt::new("test_prompt_with_arguments")
                     .with("title", json!("Prompt With Arguments"))
                     .with("description", json!("A prompt with required arguments"))
-                    .with("arguments", json!([arg("arg1", "First test argument"), arg("arg2", "Second test argument")])),
+                    .with(
+                        "arguments",
+                        json!([
+                            arg("arg1", "First test argument"),
+                            arg("arg2", "Second test argument")
+                        ]),
+                    ),
                 Prompt::new("test_prompt_with_embedded_resource")
                     .with("title", json!("Prompt With Embedded Resource"))
-                    .with("description", json!("A prompt that includes an embedded resource"))
-                    .with("arguments", json!([arg("resourceUri", "URI of the resource to embed")])),
+                    .with(
+                        "description",
+                        json!("A prompt that includes an embedded resource"),
+                    )
+                    .with(
+                        "arguments",
+                        json!([arg("resourceUri", "URI of the resource to embed")]),
+                    ),
                 Prompt::new("test_prompt_with_image")
                     .with("title", json!("Prompt With Image"))
                     .with("description", json!("A prompt that includes image content")),
@@ -366,17 +453,26 @@ impl Provider for ConformanceProvider {
         })
     }
 
-    fn get_prompt<'a>(&'a self, _ctx: &'a CallContext, name: &'a str, args: Map<String, Value>) -> BoxFuture<'a, Result<Value, McpError>> {
+    fn get_prompt<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+        name: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move {
             let need = |k: &str| {
                 args.get(k)
                     .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .ok_or_else(|| McpError::invalid_params(format!("prompt {name}: argument {k} is required")))
+                    .ok_or_else(|| {
+                        McpError::invalid_params(format!("prompt {name}: argument {k} is required"))
+                    })
             };
             let user = |content: Value| json!({ "role": "user", "content": content });
             Ok(match name {
-                "test_simple_prompt" => json!({ "messages": [user(text("This is a simple prompt for testing."))] }),
+                "test_simple_prompt" => {
+                    json!({ "messages": [user(text("This is a simple prompt for testing."))] })
+                }
                 "test_prompt_with_arguments" => {
                     let (a1, a2) = (need("arg1")?, need("arg2")?);
                     json!({ "messages": [user(text(format!("Prompt with arguments: arg1='{a1}', arg2='{a2}'")))] })
@@ -397,22 +493,50 @@ impl Provider for ConformanceProvider {
         })
     }
 
-    fn complete<'a>(&'a self, _ctx: &'a CallContext, params: &'a Value) -> BoxFuture<'a, Result<Option<Value>, McpError>> {
+    fn complete<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+        params: &'a Value,
+    ) -> BoxFuture<'a, Result<Option<Value>, McpError>> {
         Box::pin(async move {
             let r = &params["ref"];
-            let arg = params.pointer("/argument/name").and_then(Value::as_str).unwrap_or("");
-            let value = params.pointer("/argument/value").and_then(Value::as_str).unwrap_or("");
-            Ok(match (r["type"].as_str(), r["name"].as_str().or(r["uri"].as_str()), arg) {
-                (Some("ref/prompt"), Some("test_prompt_with_arguments"), "arg1" | "arg2") => {
-                    Some(completion(&["alpha", "beta", "gamma", "paris", "park"], value))
-                }
-                (Some("ref/prompt"), Some("test_prompt_with_embedded_resource"), "resourceUri") => {
-                    Some(completion(&["test://static-text", "test://static-binary", WATCHED_URI], value))
-                }
-                (Some("ref/resource"), Some(TEMPLATE), "id") => Some(completion(&["1", "2", "3", "42", "100"], value)),
-                (Some("ref/prompt"), Some(n), _) if n.starts_with("test_") => Some(completion(&[], value)),
-                _ => None,
-            })
+            let arg = params
+                .pointer("/argument/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let value = params
+                .pointer("/argument/value")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Ok(
+                match (
+                    r["type"].as_str(),
+                    r["name"].as_str().or(r["uri"].as_str()),
+                    arg,
+                ) {
+                    (Some("ref/prompt"), Some("test_prompt_with_arguments"), "arg1" | "arg2") => {
+                        Some(completion(
+                            &["alpha", "beta", "gamma", "paris", "park"],
+                            value,
+                        ))
+                    }
+                    (
+                        Some("ref/prompt"),
+                        Some("test_prompt_with_embedded_resource"),
+                        "resourceUri",
+                    ) => Some(completion(
+                        &["test://static-text", "test://static-binary", WATCHED_URI],
+                        value,
+                    )),
+                    (Some("ref/resource"), Some(TEMPLATE), "id") => {
+                        Some(completion(&["1", "2", "3", "42", "100"], value))
+                    }
+                    (Some("ref/prompt"), Some(n), _) if n.starts_with("test_") => {
+                        Some(completion(&[], value))
+                    }
+                    _ => None,
+                },
+            )
         })
     }
 

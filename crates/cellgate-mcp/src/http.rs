@@ -38,7 +38,12 @@ pub fn router(server: Arc<McpServer>) -> Router {
 // ---------- responses ----------
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn rpc_error(status: StatusCode, id: Value, error: McpError) -> Response {
@@ -63,16 +68,35 @@ fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
-    matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1")
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "::1"
+    )
 }
 
 fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map(|h| &host[..h.len() + 1]).unwrap_or(host);
+        return host
+            .split(']')
+            .next()
+            .map(|h| &host[..h.len() + 1])
+            .unwrap_or(host);
     }
-    host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
 }
 
 /// DNS-rebinding protection: the Host must be loopback or configured, and a
@@ -82,12 +106,16 @@ fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), 
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         let allowed = is_loopback_host(host)
-            || cfg.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_without_port(host)));
+            || cfg.allowed_hosts.iter().any(|h| {
+                h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_without_port(host))
+            });
         if !allowed {
             return Err(plain_error(
                 StatusCode::FORBIDDEN,
                 -32000,
-                format!("Host {host:?} is not allowed (DNS-rebinding protection); add it to server.allowed_hosts"),
+                format!(
+                    "Host {host:?} is not allowed (DNS-rebinding protection); add it to server.allowed_hosts"
+                ),
             ));
         }
     }
@@ -95,7 +123,10 @@ fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), 
         let origin = origin.to_str().unwrap_or("");
         let host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
         let allowed = (!host.is_empty() && is_loopback_host(host.trim_end_matches('/')))
-            || cfg.allowed_origins.iter().any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin.trim_end_matches('/')));
+            || cfg.allowed_origins.iter().any(|o| {
+                o.trim_end_matches('/')
+                    .eq_ignore_ascii_case(origin.trim_end_matches('/'))
+            });
         if !allowed {
             return Err(plain_error(
                 StatusCode::FORBIDDEN,
@@ -108,7 +139,10 @@ fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), 
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media = ct.split(';').next().unwrap_or("").trim();
     if media.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -116,19 +150,30 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
         Err(plain_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             -32600,
-            format!("Content-Type must be application/json, got {:?}", if ct.is_empty() { "(none)" } else { ct }),
+            format!(
+                "Content-Type must be application/json, got {:?}",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
         ))
     }
 }
 
 fn accepts(headers: &HeaderMap, media: &str) -> bool {
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').map(|p| p.split(';').next().unwrap_or("").trim()).any(|p| p.eq_ignore_ascii_case(media) || p == "*/*")
-    })
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .map(|p| p.split(';').next().unwrap_or("").trim())
+                .any(|p| p.eq_ignore_ascii_case(media) || p == "*/*")
+        })
 }
 
 fn check_version_header(headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let Some(v) = headers.get(VERSION_HEADER) else { return Ok(None) };
+    let Some(v) = headers.get(VERSION_HEADER) else {
+        return Ok(None);
+    };
     let v = v.to_str().unwrap_or("");
     if protocol::is_supported(v) {
         Ok(Some(v.to_owned()))
@@ -136,7 +181,10 @@ fn check_version_header(headers: &HeaderMap) -> Result<Option<String>, Response>
         Err(plain_error(
             StatusCode::BAD_REQUEST,
             -32600,
-            format!("MCP-Protocol-Version {v:?} is not supported; supported: {}", protocol::ALL_VERSIONS.join(", ")),
+            format!(
+                "MCP-Protocol-Version {v:?} is not supported; supported: {}",
+                protocol::ALL_VERSIONS.join(", ")
+            ),
         ))
     }
 }
@@ -144,14 +192,24 @@ fn check_version_header(headers: &HeaderMap) -> Result<Option<String>, Response>
 async fn read_body(server: &McpServer, req: Request) -> Result<Bytes, Response> {
     let limit = server.config.max_body_bytes;
     let too_big = || {
-        plain_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"))
+        plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            -32600,
+            format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"),
+        )
     };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_big());
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_big())
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_big())
 }
 
 fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
@@ -167,7 +225,8 @@ fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<S
         _ => Err(plain_error(
             StatusCode::NOT_FOUND,
             -32001,
-            "session not found: it expired or was deleted; start a new one with `initialize`".into(),
+            "session not found: it expired or was deleted; start a new one with `initialize`"
+                .into(),
         )),
     }
 }
@@ -189,10 +248,17 @@ fn sse_event(id: &str, data: &str) -> Bytes {
 }
 
 fn priming(id: &str, retry: Duration) -> Bytes {
-    Bytes::from(format!("id: {id}\nretry: {}\ndata: \n\n", retry.as_millis()))
+    Bytes::from(format!(
+        "id: {id}\nretry: {}\ndata: \n\n",
+        retry.as_millis()
+    ))
 }
 
-fn sse_response(head: Vec<Bytes>, rx: mpsc::UnboundedReceiver<Frame>, keep_alive: bool) -> Response {
+fn sse_response(
+    head: Vec<Bytes>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    keep_alive: bool,
+) -> Response {
     let body = stream::iter(head.into_iter().map(Ok::<_, Infallible>)).chain_frames(rx, keep_alive);
     Response::builder()
         .status(StatusCode::OK)
@@ -224,7 +290,7 @@ trait ChainFrames: Stream<Item = Result<Bytes, Infallible>> + Sized + Send + 'st
             };
             match frame {
                 Some(Frame::Event { id, data, .. }) => Some((sse_event(&id, &data), (rx, false))),
-                Some(Frame::End) | None => { eprintln!("DBG body end"); None },
+                Some(Frame::End) | None => None,
             }
         });
         self.chain(frames.map(Ok))
@@ -306,12 +372,16 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 id.clone(),
-                McpError::invalid_request("initialize must not carry Mcp-Session-Id: it starts a new session"),
+                McpError::invalid_request(
+                    "initialize must not carry Mcp-Session-Id: it starts a new session",
+                ),
             );
         }
         return initialize(server, id.clone(), params.clone().unwrap_or_default()).await;
     }
-    if let Some(r) = crate::stateless::try_handle(&server, &headers, header_version.as_deref(), &msg).await {
+    if let Some(r) =
+        crate::stateless::try_handle(&server, &headers, header_version.as_deref(), &msg).await
+    {
         return r;
     }
 
@@ -329,11 +399,22 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
     }
 }
 
-async fn initialize(server: Arc<McpServer>, id: Value, params: serde_json::Map<String, Value>) -> Response {
+async fn initialize(
+    server: Arc<McpServer>,
+    id: Value,
+    params: serde_json::Map<String, Value>,
+) -> Response {
     let session = Session::new(TransportKind::StreamableHttp, server.config.sse_history);
     let out: Arc<dyn Outbound> = Arc::new(UnrelatedStream(session.clone()));
-    let msg = Message::Request { id: id.clone(), method: "initialize".into(), params: Some(params) };
-    let response = server.handle_message(&session, msg, out).await.unwrap_or(Value::Null);
+    let msg = Message::Request {
+        id: id.clone(),
+        method: "initialize".into(),
+        params: Some(params),
+    };
+    let response = server
+        .handle_message(&session, msg, out)
+        .await
+        .unwrap_or(Value::Null);
     if response.get("error").is_some() {
         // Nothing was registered: a failed handshake leaves no session behind.
         return json_response(StatusCode::OK, &response);
@@ -354,30 +435,55 @@ async fn post_request(server: Arc<McpServer>, session: Arc<Session>, msg: Messag
 }
 
 /// A stateless request runs in a throwaway session that is never registered.
-pub(crate) async fn stateless_request(server: Arc<McpServer>, session: Arc<Session>, msg: Message) -> Response {
+pub(crate) async fn stateless_request(
+    server: Arc<McpServer>,
+    session: Arc<Session>,
+    msg: Message,
+) -> Response {
     run_request(server, session, msg, true).await
 }
 
-async fn run_request(server: Arc<McpServer>, session: Arc<Session>, msg: Message, stateless: bool) -> Response {
+async fn run_request(
+    server: Arc<McpServer>,
+    session: Arc<Session>,
+    msg: Message,
+    stateless: bool,
+) -> Response {
     let (stream, mut rx) = session.open_stream();
-    let out: Arc<dyn Outbound> = Arc::new(PostStream { session: session.clone(), stream });
+    let out: Arc<dyn Outbound> = Arc::new(PostStream {
+        session: session.clone(),
+        stream,
+    });
     {
         let server = server.clone();
         let session = session.clone();
         tokio::spawn(async move {
             match server.handle_message(&session, msg, out).await {
-                Some(resp) if stateless => session.push_event(stream, &crate::stateless::mark_complete(resp), true),
+                Some(resp) if stateless => {
+                    session.push_event(stream, &crate::stateless::mark_complete(resp), true)
+                }
                 Some(resp) => session.push_event(stream, &resp, true),
-                None => { eprintln!("DBG finish_stream {stream}"); session.finish_stream(stream) },
+                None => session.finish_stream(stream),
             }
         });
     }
     let first = rx.recv().await;
-    if let Some(Frame::Event { data, last: true, .. }) = &first {
+    if let Some(Frame::Event {
+        data, last: true, ..
+    }) = &first
+    {
         session.drop_stream(stream);
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], data.to_string()).into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            data.to_string(),
+        )
+            .into_response();
     }
-    let mut head = vec![priming(&session.event_id(stream, 0), server.config.sse_retry)];
+    let mut head = vec![priming(
+        &session.event_id(stream, 0),
+        server.config.sse_retry,
+    )];
     match first {
         Some(Frame::Event { id, data, .. }) => head.push(sse_event(&id, &data)),
         Some(Frame::End) | None => {
@@ -388,13 +494,19 @@ async fn run_request(server: Arc<McpServer>, session: Arc<Session>, msg: Message
     sse_response(head, rx, false)
 }
 
-async fn post_batch(server: Arc<McpServer>, session: Arc<Session>, items: Vec<Result<Message, (Value, McpError)>>) -> Response {
+async fn post_batch(
+    server: Arc<McpServer>,
+    session: Arc<Session>,
+    items: Vec<Result<Message, (Value, McpError)>>,
+) -> Response {
     let version = session.version();
     if !protocol::allows_batches(&version) {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             Value::Null,
-            McpError::invalid_request(format!("JSON-RPC batches are not part of protocol {version}; send one message per request")),
+            McpError::invalid_request(format!(
+                "JSON-RPC batches are not part of protocol {version}; send one message per request"
+            )),
         );
     }
     let out: Arc<dyn Outbound> = Arc::new(UnrelatedStream(session.clone()));
@@ -404,16 +516,24 @@ async fn post_batch(server: Arc<McpServer>, session: Arc<Session>, items: Vec<Re
         let out = out.clone();
         async move {
             match item {
-                Ok(Message::Request { method, .. }) if method == "initialize" => Some(jsonrpc::response(
-                    &Value::Null,
-                    Err(McpError::invalid_request("initialize cannot be part of a batch")),
-                )),
+                Ok(Message::Request { method, .. }) if method == "initialize" => {
+                    Some(jsonrpc::response(
+                        &Value::Null,
+                        Err(McpError::invalid_request(
+                            "initialize cannot be part of a batch",
+                        )),
+                    ))
+                }
                 Ok(m) => server.handle_message(&session, m, out).await,
                 Err((id, e)) => Some(jsonrpc::response(&id, Err(e))),
             }
         }
     });
-    let responses: Vec<Value> = futures_util::future::join_all(futures).await.into_iter().flatten().collect();
+    let responses: Vec<Value> = futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     if responses.is_empty() {
         StatusCode::ACCEPTED.into_response()
     } else {
@@ -426,7 +546,11 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
         return r;
     }
     if !accepts(&headers, "text/event-stream") {
-        return plain_error(StatusCode::NOT_ACCEPTABLE, -32600, "Accept must include text/event-stream".into());
+        return plain_error(
+            StatusCode::NOT_ACCEPTABLE,
+            -32600,
+            "Accept must include text/event-stream".into(),
+        );
     }
     if let Err(r) = check_version_header(&headers) {
         return r;
@@ -439,16 +563,34 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         let last = last.to_str().unwrap_or("");
         let Some((stream, seq)) = parse_event_id(last) else {
-            return plain_error(StatusCode::BAD_REQUEST, -32600, format!("Last-Event-ID {last:?} was not issued by this server"));
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                format!("Last-Event-ID {last:?} was not issued by this server"),
+            );
         };
         let Some(rx) = session.attach(stream, seq) else {
-            return plain_error(StatusCode::NOT_FOUND, -32001, format!("stream of event {last:?} is no longer available"));
+            return plain_error(
+                StatusCode::NOT_FOUND,
+                -32001,
+                format!("stream of event {last:?} is no longer available"),
+            );
         };
-        return sse_response(vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))], rx, stream == 0);
+        return sse_response(
+            vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))],
+            rx,
+            stream == 0,
+        );
     }
     let position = session.stream_position(0);
-    let rx = session.attach(0, position).unwrap_or_else(|| mpsc::unbounded_channel().1);
-    sse_response(vec![priming(&session.event_id(0, position), retry)], rx, true)
+    let rx = session
+        .attach(0, position)
+        .unwrap_or_else(|| mpsc::unbounded_channel().1);
+    sse_response(
+        vec![priming(&session.event_id(0, position), retry)],
+        rx,
+        true,
+    )
 }
 
 async fn delete_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
@@ -471,7 +613,11 @@ struct LegacyChannel(mpsc::UnboundedSender<Frame>);
 
 impl Outbound for LegacyChannel {
     fn send(&self, msg: &Value, last: bool) {
-        let _ = self.0.send(Frame::Event { id: Arc::from(""), data: Arc::from(msg.to_string()), last });
+        let _ = self.0.send(Frame::Event {
+            id: Arc::from(""),
+            data: Arc::from(msg.to_string()),
+            last,
+        });
     }
 }
 
@@ -495,20 +641,31 @@ async fn legacy_sse(State(server): State<Arc<McpServer>>, headers: HeaderMap) ->
     let (tx, rx) = mpsc::unbounded_channel();
     session.set_direct(Arc::new(LegacyChannel(tx)));
     server.sessions.insert(session.clone());
-    let guard = LegacyGuard { server: server.clone(), id: session.id.clone() };
-    let endpoint = Bytes::from(format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id));
+    let guard = LegacyGuard {
+        server: server.clone(),
+        id: session.id.clone(),
+    };
+    let endpoint = Bytes::from(format!(
+        "event: endpoint\ndata: /messages?sessionId={}\n\n",
+        session.id
+    ));
     let frames = stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let frame = tokio::select! {
             f = rx.recv() => f,
             _ = tokio::time::sleep(KEEP_ALIVE) => return Some((Bytes::from_static(b": keep-alive\n\n"), (rx, guard))),
         };
         match frame {
-            Some(Frame::Event { data, .. }) => Some((Bytes::from(format!("event: message\ndata: {data}\n\n")), (rx, guard))),
+            Some(Frame::Event { data, .. }) => Some((
+                Bytes::from(format!("event: message\ndata: {data}\n\n")),
+                (rx, guard),
+            )),
             _ => None,
         }
     });
     use futures_util::StreamExt;
-    let body = stream::once(async move { endpoint }).chain(frames).map(Ok::<_, Infallible>);
+    let body = stream::once(async move { endpoint })
+        .chain(frames)
+        .map(Ok::<_, Infallible>);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -523,7 +680,11 @@ struct LegacyQuery {
     session_id: Option<String>,
 }
 
-async fn legacy_post(State(server): State<Arc<McpServer>>, Query(q): Query<LegacyQuery>, req: Request) -> Response {
+async fn legacy_post(
+    State(server): State<Arc<McpServer>>,
+    Query(q): Query<LegacyQuery>,
+    req: Request,
+) -> Response {
     let headers = req.headers().clone();
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return r;
@@ -532,11 +693,21 @@ async fn legacy_post(State(server): State<Arc<McpServer>>, Query(q): Query<Legac
         return r;
     }
     let Some(id) = q.session_id else {
-        return plain_error(StatusCode::BAD_REQUEST, -32000, "query parameter sessionId is required".into());
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            -32000,
+            "query parameter sessionId is required".into(),
+        );
     };
     let session = match server.sessions.get(&id) {
         Some(s) if s.transport == TransportKind::LegacySse => s,
-        _ => return plain_error(StatusCode::NOT_FOUND, -32001, "session not found: open /sse again".into()),
+        _ => {
+            return plain_error(
+                StatusCode::NOT_FOUND,
+                -32001,
+                "session not found: open /sse again".into(),
+            );
+        }
     };
     let body = match read_body(&server, req).await {
         Ok(b) => b,
@@ -549,7 +720,13 @@ async fn legacy_post(State(server): State<Arc<McpServer>>, Query(q): Query<Legac
     };
     let direct: Arc<dyn Outbound> = match session.direct() {
         Some(d) => d,
-        None => return plain_error(StatusCode::GONE, -32001, "the session's SSE stream is closed".into()),
+        None => {
+            return plain_error(
+                StatusCode::GONE,
+                -32001,
+                "the session's SSE stream is closed".into(),
+            );
+        }
     };
     for m in messages {
         let server = server.clone();
@@ -574,10 +751,23 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:80", "[::1]", "LOCALHOST"] {
+        for h in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "[::1]",
+            "LOCALHOST",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["evil.example.com", "127.0.0.2", "localhost.evil.com:80", "[::2]:80", ""] {
+        for h in [
+            "evil.example.com",
+            "127.0.0.2",
+            "localhost.evil.com:80",
+            "[::2]:80",
+            "",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
         assert_eq!(host_without_port("example.com:8080"), "example.com");
@@ -586,7 +776,13 @@ mod tests {
 
     #[test]
     fn sse_event_splits_lines() {
-        assert_eq!(&sse_event("1-2", "a\nb")[..], b"id: 1-2\ndata: a\ndata: b\n\n");
-        assert_eq!(&priming("3-0", Duration::from_millis(500))[..], b"id: 3-0\nretry: 500\ndata: \n\n");
+        assert_eq!(
+            &sse_event("1-2", "a\nb")[..],
+            b"id: 1-2\ndata: a\ndata: b\n\n"
+        );
+        assert_eq!(
+            &priming("3-0", Duration::from_millis(500))[..],
+            b"id: 3-0\nretry: 500\ndata: \n\n"
+        );
     }
 }

@@ -7,9 +7,19 @@ use serde_json::{Map, Value, json};
 /// One incoming JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Request { id: Value, method: String, params: Option<Map<String, Value>> },
-    Notification { method: String, params: Option<Map<String, Value>> },
-    Response { id: Value, outcome: Result<Value, McpError> },
+    Request {
+        id: Value,
+        method: String,
+        params: Option<Map<String, Value>>,
+    },
+    Notification {
+        method: String,
+        params: Option<Map<String, Value>>,
+    },
+    Response {
+        id: Value,
+        outcome: Result<Value, McpError>,
+    },
 }
 
 /// What a body held: one message or a batch (2025-03-26 and earlier).
@@ -60,20 +70,33 @@ pub fn nesting_depth_exceeds(bytes: &[u8], max: usize) -> bool {
 
 /// Parses a body into messages. `max_depth` bounds nesting.
 pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Payload, Rejection> {
-    let reject = |error| Rejection { id: Value::Null, error };
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| reject(McpError::parse_error(format!("body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()))))?;
+    let reject = |error| Rejection {
+        id: Value::Null,
+        error,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        reject(McpError::parse_error(format!(
+            "body is not valid UTF-8 (first bad byte at offset {})",
+            e.valid_up_to()
+        )))
+    })?;
     if nesting_depth_exceeds(bytes, max_depth) {
-        return Err(reject(McpError::parse_error(format!("JSON nesting is deeper than the limit of {max_depth} levels"))));
+        return Err(reject(McpError::parse_error(format!(
+            "JSON nesting is deeper than the limit of {max_depth} levels"
+        ))));
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| reject(McpError::parse_error(format!("invalid JSON: {e}"))))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| reject(McpError::parse_error(format!("invalid JSON: {e}"))))?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(reject(McpError::invalid_request("empty batch")));
             }
             Ok(Payload::Batch(
-                items.into_iter().map(|v| classify(v).map_err(|r| (r.id, r.error))).collect(),
+                items
+                    .into_iter()
+                    .map(|v| classify(v).map_err(|r| (r.id, r.error)))
+                    .collect(),
             ))
         }
         other => classify(other).map(Payload::Single),
@@ -91,11 +114,17 @@ fn valid_id(id: &Value) -> bool {
 /// Checks the shape of one JSON-RPC message.
 pub fn classify(value: Value) -> Result<Message, Rejection> {
     let Value::Object(mut obj) = value else {
-        return Err(Rejection { id: Value::Null, error: McpError::invalid_request("a JSON-RPC message must be an object") });
+        return Err(Rejection {
+            id: Value::Null,
+            error: McpError::invalid_request("a JSON-RPC message must be an object"),
+        });
     };
     let id = obj.remove("id");
     let answer_id = id.clone().filter(valid_id).unwrap_or(Value::Null);
-    let bad = |msg: String| Rejection { id: answer_id.clone(), error: McpError::invalid_request(msg) };
+    let bad = |msg: String| Rejection {
+        id: answer_id.clone(),
+        error: McpError::invalid_request(msg),
+    };
     match obj.get("jsonrpc") {
         Some(Value::String(v)) if v == "2.0" => {}
         Some(other) => return Err(bad(format!("field `jsonrpc` must be \"2.0\", got {other}"))),
@@ -118,19 +147,27 @@ pub fn classify(value: Value) -> Result<Message, Rejection> {
         return match id {
             None => Ok(Message::Notification { method, params }),
             Some(id) if valid_id(&id) => Ok(Message::Request { id, method, params }),
-            Some(other) => Err(bad(format!("field `id` must be a string or an integer, got {other}"))),
+            Some(other) => Err(bad(format!(
+                "field `id` must be a string or an integer, got {other}"
+            ))),
         };
     }
     let Some(id) = id else {
         return Err(bad("a message needs `method` (request or notification) or `id` with `result`/`error` (response)".into()));
     };
     if let Some(result) = obj.remove("result") {
-        return Ok(Message::Response { id, outcome: Ok(result) });
+        return Ok(Message::Response {
+            id,
+            outcome: Ok(result),
+        });
     }
     if let Some(error) = obj.remove("error") {
         let error = serde_json::from_value::<McpError>(error)
             .map_err(|e| bad(format!("field `error` is not a JSON-RPC error object: {e}")))?;
-        return Ok(Message::Response { id, outcome: Err(error) });
+        return Ok(Message::Response {
+            id,
+            outcome: Err(error),
+        });
     }
     Err(bad("a response needs `result` or `error`".into()))
 }
@@ -168,13 +205,34 @@ mod tests {
         assert_eq!(err_code(b"{not json"), codes::PARSE_ERROR);
         assert_eq!(err_code(b"\xff\xfe"), codes::PARSE_ERROR);
         assert_eq!(err_code(b"42"), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"id":1,"method":"x"}"#), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"jsonrpc":"2.0","id":1,"method":7}"#), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"jsonrpc":"2.0","id":true,"method":"x"}"#), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#), codes::INVALID_REQUEST);
-        assert_eq!(err_code(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#), codes::INVALID_PARAMS);
-        assert_eq!(err_code(br#"{"jsonrpc":"2.0","id":1}"#), codes::INVALID_REQUEST);
+        assert_eq!(
+            err_code(br#"{"id":1,"method":"x"}"#),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"2.0","id":1,"method":7}"#),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"2.0","id":true,"method":"x"}"#),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#),
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#),
+            codes::INVALID_PARAMS
+        );
+        assert_eq!(
+            err_code(br#"{"jsonrpc":"2.0","id":1}"#),
+            codes::INVALID_REQUEST
+        );
         assert_eq!(err_code(b"[]"), codes::INVALID_REQUEST);
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(err_code(deep.as_bytes()), codes::PARSE_ERROR);
@@ -197,14 +255,25 @@ mod tests {
         };
         assert_eq!((id, method.as_str(), params), (json!("a"), "ping", None));
         assert!(matches!(
-            parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, 8),
+            parse(
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                8
+            ),
             Ok(Payload::Single(Message::Notification { .. }))
         ));
         assert!(matches!(
-            parse(br#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"no"}}"#, 8),
-            Ok(Payload::Single(Message::Response { outcome: Err(_), .. }))
+            parse(
+                br#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"no"}}"#,
+                8
+            ),
+            Ok(Payload::Single(Message::Response {
+                outcome: Err(_),
+                ..
+            }))
         ));
-        let Ok(Payload::Batch(items)) = parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 5]"#, 8) else {
+        let Ok(Payload::Batch(items)) =
+            parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 5]"#, 8)
+        else {
             panic!()
         };
         assert!(items[0].is_ok() && items[1].is_err());

@@ -7,7 +7,13 @@ pub const SESSION_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18
 /// in each request's `_meta`.
 pub const STATELESS_VERSION: &str = "2026-07-28";
 /// Every revision this edge speaks, oldest first.
-pub const ALL_VERSIONS: [&str; 5] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+pub const ALL_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
 /// The newest revision with an `initialize` handshake.
 pub const LATEST_SESSION_VERSION: &str = "2025-11-25";
 /// The revision assumed for HTTP requests without `MCP-Protocol-Version`.

@@ -5,8 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cellgate_kernel::{
-    BoxFuture, Call, CallContext, CancellationToken, ClientPeer, LogLevel, McpError, Metrics, Pipeline, Principal,
-    ProviderEvent, Request, codes,
+    BoxFuture, Call, CallContext, CancellationToken, ClientPeer, LogLevel, McpError, Metrics,
+    Pipeline, Principal, ProviderEvent, Request, codes,
 };
 use serde_json::{Map, Value, json};
 
@@ -84,10 +84,19 @@ impl ClientPeer for RequestPeer {
         Box::pin(async move {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err(McpError::new(codes::SERVER_ERROR, format!("{method}: the session closed before the client answered"))),
+                Ok(Err(_)) => Err(McpError::new(
+                    codes::SERVER_ERROR,
+                    format!("{method}: the session closed before the client answered"),
+                )),
                 Err(_) => {
                     session.forget_response(&id);
-                    Err(McpError::new(codes::SERVER_ERROR, format!("{method}: the client did not answer within {}s", timeout.as_secs())))
+                    Err(McpError::new(
+                        codes::SERVER_ERROR,
+                        format!(
+                            "{method}: the client did not answer within {}s",
+                            timeout.as_secs()
+                        ),
+                    ))
                 }
             }
         })
@@ -105,8 +114,13 @@ impl ClientPeer for RequestPeer {
 fn param_str<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&'a str, McpError> {
     match params.get(name) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(McpError::invalid_params(format!("params.{name} must be a string, got {}", kind(other)))),
-        None => Err(McpError::invalid_params(format!("params.{name} is required"))),
+        Some(other) => Err(McpError::invalid_params(format!(
+            "params.{name} must be a string, got {}",
+            kind(other)
+        ))),
+        None => Err(McpError::invalid_params(format!(
+            "params.{name} is required"
+        ))),
     }
 }
 
@@ -114,7 +128,10 @@ fn param_opt_str(params: &Map<String, Value>, name: &str) -> Result<Option<Strin
     match params.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(McpError::invalid_params(format!("params.{name} must be a string, got {}", kind(other)))),
+        Some(other) => Err(McpError::invalid_params(format!(
+            "params.{name} must be a string, got {}",
+            kind(other)
+        ))),
     }
 }
 
@@ -122,7 +139,10 @@ fn param_object(params: &Map<String, Value>, name: &str) -> Result<Map<String, V
     match params.get(name) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(o)) => Ok(o.clone()),
-        Some(other) => Err(McpError::invalid_params(format!("params.{name} must be an object, got {}", kind(other)))),
+        Some(other) => Err(McpError::invalid_params(format!(
+            "params.{name} must be an object, got {}",
+            kind(other)
+        ))),
     }
 }
 
@@ -139,39 +159,69 @@ fn kind(v: &Value) -> &'static str {
 
 /// Turns a method and its params into a pipeline [`Request`]; `Ok(None)` for
 /// a method that is not a provider request.
-pub fn pipeline_request(method: &str, params: &Map<String, Value>) -> Result<Option<Request>, McpError> {
+pub fn pipeline_request(
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<Option<Request>, McpError> {
     Ok(Some(match method {
-        "tools/list" => Request::ListTools { cursor: param_opt_str(params, "cursor")? },
+        "tools/list" => Request::ListTools {
+            cursor: param_opt_str(params, "cursor")?,
+        },
         "tools/call" => Request::CallTool {
             name: param_str(params, "name")?.to_owned(),
             arguments: param_object(params, "arguments")?,
         },
-        "resources/list" => Request::ListResources { cursor: param_opt_str(params, "cursor")? },
-        "resources/templates/list" => Request::ListResourceTemplates { cursor: param_opt_str(params, "cursor")? },
-        "resources/read" => Request::ReadResource { uri: param_str(params, "uri")?.to_owned() },
-        "prompts/list" => Request::ListPrompts { cursor: param_opt_str(params, "cursor")? },
+        "resources/list" => Request::ListResources {
+            cursor: param_opt_str(params, "cursor")?,
+        },
+        "resources/templates/list" => Request::ListResourceTemplates {
+            cursor: param_opt_str(params, "cursor")?,
+        },
+        "resources/read" => Request::ReadResource {
+            uri: param_str(params, "uri")?.to_owned(),
+        },
+        "prompts/list" => Request::ListPrompts {
+            cursor: param_opt_str(params, "cursor")?,
+        },
         "prompts/get" => {
             let arguments = param_object(params, "arguments")?;
             if let Some((k, _)) = arguments.iter().find(|(_, v)| !v.is_string()) {
-                return Err(McpError::invalid_params(format!("params.arguments.{k} must be a string")));
+                return Err(McpError::invalid_params(format!(
+                    "params.arguments.{k} must be a string"
+                )));
             }
-            Request::GetPrompt { name: param_str(params, "name")?.to_owned(), arguments }
+            Request::GetPrompt {
+                name: param_str(params, "name")?.to_owned(),
+                arguments,
+            }
         }
         "completion/complete" => {
             let r = param_object(params, "ref")?;
             match r.get("type").and_then(Value::as_str) {
                 Some("ref/prompt") => {
-                    param_str(&r, "name").map_err(|_| McpError::invalid_params("params.ref.name is required for ref/prompt"))?;
+                    param_str(&r, "name").map_err(|_| {
+                        McpError::invalid_params("params.ref.name is required for ref/prompt")
+                    })?;
                 }
                 Some("ref/resource") => {
-                    param_str(&r, "uri").map_err(|_| McpError::invalid_params("params.ref.uri is required for ref/resource"))?;
+                    param_str(&r, "uri").map_err(|_| {
+                        McpError::invalid_params("params.ref.uri is required for ref/resource")
+                    })?;
                 }
-                _ => return Err(McpError::invalid_params("params.ref.type must be \"ref/prompt\" or \"ref/resource\"")),
+                _ => {
+                    return Err(McpError::invalid_params(
+                        "params.ref.type must be \"ref/prompt\" or \"ref/resource\"",
+                    ));
+                }
             }
             let arg = param_object(params, "argument")?;
-            param_str(&arg, "name").map_err(|_| McpError::invalid_params("params.argument.name is required"))?;
-            param_str(&arg, "value").map_err(|_| McpError::invalid_params("params.argument.value is required"))?;
-            Request::Complete { params: Value::Object(params.clone()) }
+            param_str(&arg, "name")
+                .map_err(|_| McpError::invalid_params("params.argument.name is required"))?;
+            param_str(&arg, "value")
+                .map_err(|_| McpError::invalid_params("params.argument.value is required"))?;
+            Request::Complete {
+                params: Value::Object(params.clone()),
+            }
         }
         _ => return Ok(None),
     }))
@@ -220,7 +270,8 @@ impl McpServer {
         }
         // Expire idle sessions.
         let weak: Weak<Self> = Arc::downgrade(self);
-        let every = (self.config.session_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let every = (self.config.session_idle / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -237,9 +288,17 @@ impl McpServer {
     fn broadcast(&self, ev: &ProviderEvent) {
         let (method, params, uri) = match ev {
             ProviderEvent::ToolsChanged => ("notifications/tools/list_changed", json!({}), None),
-            ProviderEvent::ResourcesChanged => ("notifications/resources/list_changed", json!({}), None),
-            ProviderEvent::PromptsChanged => ("notifications/prompts/list_changed", json!({}), None),
-            ProviderEvent::ResourceUpdated { uri } => ("notifications/resources/updated", json!({ "uri": uri }), Some(uri)),
+            ProviderEvent::ResourcesChanged => {
+                ("notifications/resources/list_changed", json!({}), None)
+            }
+            ProviderEvent::PromptsChanged => {
+                ("notifications/prompts/list_changed", json!({}), None)
+            }
+            ProviderEvent::ResourceUpdated { uri } => (
+                "notifications/resources/updated",
+                json!({ "uri": uri }),
+                Some(uri),
+            ),
         };
         let msg = jsonrpc::notification(method, params);
         for s in self.sessions.all() {
@@ -272,7 +331,12 @@ impl McpServer {
 
     /// Handles one message of a session. Returns the JSON-RPC response for a
     /// request, `None` for notifications, responses and cancelled requests.
-    pub async fn handle_message(&self, session: &Arc<Session>, msg: Message, out: Arc<dyn Outbound>) -> Option<Value> {
+    pub async fn handle_message(
+        &self,
+        session: &Arc<Session>,
+        msg: Message,
+        out: Arc<dyn Outbound>,
+    ) -> Option<Value> {
         session.touch();
         match msg {
             Message::Notification { method, params } => {
@@ -289,10 +353,18 @@ impl McpServer {
                 let Some(token) = session.begin_request(&id) else {
                     return Some(jsonrpc::response(
                         &id,
-                        Err(McpError::invalid_request(format!("request id {id} is already in use by a request in flight"))),
+                        Err(McpError::invalid_request(format!(
+                            "request id {id} is already in use by a request in flight"
+                        ))),
                     ));
                 };
-                let fut = self.handle_request(session, &method, params.unwrap_or_default(), token.clone(), out);
+                let fut = self.handle_request(
+                    session,
+                    &method,
+                    params.unwrap_or_default(),
+                    token.clone(),
+                    out,
+                );
                 let outcome = match tokio::time::timeout(self.config.request_timeout, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(McpError::cancelled(format!(
@@ -310,7 +382,12 @@ impl McpServer {
         }
     }
 
-    fn handle_notification(&self, session: &Arc<Session>, method: &str, params: Map<String, Value>) {
+    fn handle_notification(
+        &self,
+        session: &Arc<Session>,
+        method: &str,
+        params: Map<String, Value>,
+    ) {
         match method {
             "notifications/initialized" => session.mark_initialized(),
             "notifications/cancelled" => {
@@ -338,7 +415,9 @@ impl McpServer {
             _ => {}
         }
         if !session.is_initialized() && session.client_info().is_null() {
-            return Err(McpError::invalid_request(format!("{method}: the session is not initialized; send `initialize` first")));
+            return Err(McpError::invalid_request(format!(
+                "{method}: the session is not initialized; send `initialize` first"
+            )));
         }
         match method {
             "logging/setLevel" => {
@@ -369,15 +448,26 @@ impl McpServer {
         }
     }
 
-    fn initialize(&self, session: &Arc<Session>, params: &Map<String, Value>) -> Result<Value, McpError> {
+    fn initialize(
+        &self,
+        session: &Arc<Session>,
+        params: &Map<String, Value>,
+    ) -> Result<Value, McpError> {
         if !session.client_info().is_null() {
-            return Err(McpError::invalid_request("initialize: this session is already initialized"));
+            return Err(McpError::invalid_request(
+                "initialize: this session is already initialized",
+            ));
         }
         let requested = param_str(params, "protocolVersion")?;
         let capabilities = match params.get("capabilities") {
             None | Some(Value::Null) => json!({}),
             Some(Value::Object(c)) => Value::Object(c.clone()),
-            Some(other) => return Err(McpError::invalid_params(format!("params.capabilities must be an object, got {}", kind(other)))),
+            Some(other) => {
+                return Err(McpError::invalid_params(format!(
+                    "params.capabilities must be an object, got {}",
+                    kind(other)
+                )));
+            }
         };
         let info = match params.get("clientInfo") {
             Some(Value::Object(i)) => Value::Object(i.clone()),
@@ -396,7 +486,13 @@ impl McpServer {
         Ok(result)
     }
 
-    fn context(&self, session: &Arc<Session>, params: &Map<String, Value>, cancel: CancellationToken, out: Arc<dyn Outbound>) -> CallContext {
+    fn context(
+        &self,
+        session: &Arc<Session>,
+        params: &Map<String, Value>,
+        cancel: CancellationToken,
+        out: Arc<dyn Outbound>,
+    ) -> CallContext {
         CallContext {
             tenant: self.tenant.clone(),
             principal: Principal::anonymous(),
@@ -408,7 +504,11 @@ impl McpServer {
                 _ => None,
             },
             cancel,
-            peer: Arc::new(RequestPeer { session: session.clone(), out, timeout: self.config.request_timeout }),
+            peer: Arc::new(RequestPeer {
+                session: session.clone(),
+                out,
+                timeout: self.config.request_timeout,
+            }),
         }
     }
 }

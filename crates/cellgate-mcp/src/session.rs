@@ -21,7 +21,11 @@ pub enum TransportKind {
 /// A frame on an SSE connection.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    Event { id: Arc<str>, data: Arc<str>, last: bool },
+    Event {
+        id: Arc<str>,
+        data: Arc<str>,
+        last: bool,
+    },
     End,
 }
 
@@ -95,7 +99,8 @@ impl Session {
     }
 
     pub fn touch(&self) {
-        self.last_seen.store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+        self.last_seen
+            .store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
     }
 
     pub fn idle_for(&self) -> Duration {
@@ -104,21 +109,33 @@ impl Session {
     }
 
     pub fn version(&self) -> Arc<str> {
-        self.version.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_handshake(&self, version: &str, capabilities: Value, info: Value) {
         *self.version.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(version);
-        *self.client_capabilities.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(capabilities);
+        *self
+            .client_capabilities
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(capabilities);
         *self.client_info.write().unwrap_or_else(|e| e.into_inner()) = info;
     }
 
     pub fn client_capabilities(&self) -> Arc<Value> {
-        self.client_capabilities.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client_capabilities
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn client_info(&self) -> Value {
-        self.client_info.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client_info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn mark_initialized(&self) {
@@ -138,35 +155,58 @@ impl Session {
     }
 
     pub fn subscribe(&self, uri: &str) {
-        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).insert(uri.to_owned());
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uri.to_owned());
     }
 
     pub fn unsubscribe(&self, uri: &str) -> bool {
-        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).remove(uri)
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uri)
     }
 
     pub fn is_subscribed(&self, uri: &str) -> bool {
-        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).contains(uri)
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uri)
     }
 
     // ---- server-to-client requests ----
 
     /// Allocates an id for a server-to-client request and a receiver for its answer.
     pub fn expect_response(&self) -> (Value, oneshot::Receiver<Result<Value, McpError>>) {
-        let id = Value::from(format!("s{}", self.next_request_id.fetch_add(1, Ordering::Relaxed)));
+        let id = Value::from(format!(
+            "s{}",
+            self.next_request_id.fetch_add(1, Ordering::Relaxed)
+        ));
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(key(&id), tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(&id), tx);
         (id, rx)
     }
 
     pub fn forget_response(&self, id: &Value) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(id));
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(id));
     }
 
     /// Routes a client's response to the request waiting for it; false when
     /// nothing waits for that id.
     pub fn deliver_response(&self, id: &Value, outcome: Result<Value, McpError>) -> bool {
-        match self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(id)) {
+        match self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(id))
+        {
             Some(tx) => tx.send(outcome).is_ok(),
             None => false,
         }
@@ -187,11 +227,19 @@ impl Session {
     }
 
     pub fn end_request(&self, id: &Value) {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(id));
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(id));
     }
 
     pub fn cancel_request(&self, id: &Value) -> bool {
-        match self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).get(&key(id)) {
+        match self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(id))
+        {
             Some(t) => {
                 t.cancel();
                 true
@@ -201,13 +249,19 @@ impl Session {
     }
 
     pub fn in_flight_count(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     // ---- session-wide channel ----
 
     pub fn direct(&self) -> Option<Arc<dyn Outbound>> {
-        self.direct.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.direct
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_direct(&self, out: Arc<dyn Outbound>) {
@@ -217,7 +271,12 @@ impl Session {
     /// Sends a message that belongs to no request (list changes, resource
     /// updates): on the direct channel, or on HTTP stream 0.
     pub fn send_unrelated(self: &Arc<Self>, msg: &Value) {
-        if let Some(out) = self.direct.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(out) = self
+            .direct
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             out.send(msg, false);
             return;
         }
@@ -233,18 +292,33 @@ impl Session {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         // Forget finished streams beyond a bound, oldest first.
         if streams.len() >= 64 {
-            let mut done: Vec<u64> = streams.iter().filter(|(k, s)| s.done && **k != 0).map(|(k, _)| *k).collect();
+            let mut done: Vec<u64> = streams
+                .iter()
+                .filter(|(k, s)| s.done && **k != 0)
+                .map(|(k, _)| *k)
+                .collect();
             done.sort_unstable();
             for k in done.into_iter().take(streams.len() - 32) {
                 streams.remove(&k);
             }
         }
-        streams.insert(id, EventStream { history: VecDeque::new(), next_seq: 1, live: Some(tx), done: false });
+        streams.insert(
+            id,
+            EventStream {
+                history: VecDeque::new(),
+                next_seq: 1,
+                live: Some(tx),
+                done: false,
+            },
+        );
         (id, rx)
     }
 
     pub fn drop_stream(&self, stream: u64) {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&stream);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
     }
 
     pub fn event_id(&self, stream: u64, seq: u64) -> Arc<str> {
@@ -324,7 +398,11 @@ impl Session {
             streams.get_mut(&stream)?
         };
         for (seq, data, last) in s.history.iter().filter(|(seq, _, _)| *seq > after_seq) {
-            let _ = tx.send(Frame::Event { id: self.event_id(stream, *seq), data: data.clone(), last: *last });
+            let _ = tx.send(Frame::Event {
+                id: self.event_id(stream, *seq),
+                data: data.clone(),
+                last: *last,
+            });
         }
         if s.done {
             let _ = tx.send(Frame::End);
@@ -359,7 +437,11 @@ pub struct SessionRegistry {
 
 impl SessionRegistry {
     pub fn new(idle_limit: Duration, on_count: impl Fn(i64) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self { sessions: RwLock::new(HashMap::new()), idle_limit, on_count: Box::new(on_count) })
+        Arc::new(Self {
+            sessions: RwLock::new(HashMap::new()),
+            idle_limit,
+            on_count: Box::new(on_count),
+        })
     }
 
     pub fn insert(&self, s: Arc<Session>) {
@@ -369,7 +451,12 @@ impl SessionRegistry {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        let s = self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
         if let Some(s) = &s {
             s.touch();
         }
@@ -387,11 +474,19 @@ impl SessionRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -449,7 +544,10 @@ mod tests {
         let s = Session::new(TransportKind::Stdio, 4);
         assert!(s.begin_request(&json!(1)).is_some());
         assert!(s.begin_request(&json!(1)).is_none());
-        assert!(s.begin_request(&json!("1")).is_some(), "string and number ids differ");
+        assert!(
+            s.begin_request(&json!("1")).is_some(),
+            "string and number ids differ"
+        );
         assert!(s.cancel_request(&json!(1)));
         s.end_request(&json!(1));
         assert!(!s.cancel_request(&json!(1)));

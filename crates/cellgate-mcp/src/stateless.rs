@@ -51,8 +51,14 @@ pub fn discover(server: &McpServer) -> Value {
 
 /// Prepares a throwaway session carrying what the request's `_meta`
 /// declares, or the error to answer with.
-pub fn ephemeral_session(server: &McpServer, transport: TransportKind, params: Option<&Map<String, Value>>) -> Result<Arc<Session>, McpError> {
-    let meta = params.and_then(|p| p.get("_meta")).and_then(Value::as_object);
+pub fn ephemeral_session(
+    server: &McpServer,
+    transport: TransportKind,
+    params: Option<&Map<String, Value>>,
+) -> Result<Arc<Session>, McpError> {
+    let meta = params
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object);
     let version = match meta.and_then(|m| m.get(META_PROTOCOL_VERSION)) {
         None => protocol::STATELESS_VERSION,
         Some(Value::String(v)) if v == protocol::STATELESS_VERSION => protocol::STATELESS_VERSION,
@@ -64,17 +70,27 @@ pub fn ephemeral_session(server: &McpServer, transport: TransportKind, params: O
             .with_data(json!({ "supported": protocol::ALL_VERSIONS })));
         }
     };
-    let caps = meta.and_then(|m| m.get(META_CLIENT_CAPABILITIES)).cloned().unwrap_or_else(|| json!({}));
+    let caps = meta
+        .and_then(|m| m.get(META_CLIENT_CAPABILITIES))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     if !caps.is_object() {
-        return Err(McpError::invalid_params(format!("params._meta[\"{META_CLIENT_CAPABILITIES}\"] must be an object")));
+        return Err(McpError::invalid_params(format!(
+            "params._meta[\"{META_CLIENT_CAPABILITIES}\"] must be an object"
+        )));
     }
-    let info = meta.and_then(|m| m.get(META_CLIENT_INFO)).cloned().unwrap_or_else(|| json!({ "name": "unknown", "version": "unknown" }));
+    let info = meta
+        .and_then(|m| m.get(META_CLIENT_INFO))
+        .cloned()
+        .unwrap_or_else(|| json!({ "name": "unknown", "version": "unknown" }));
     let session = Session::new(transport, server.config.sse_history);
     session.set_handshake(version, caps, info);
     session.mark_initialized();
     if let Some(level) = meta.and_then(|m| m.get(META_LOG_LEVEL)) {
         let level = level.as_str().and_then(LogLevel::parse).ok_or_else(|| {
-            McpError::invalid_params(format!("params._meta[\"{META_LOG_LEVEL}\"] must be a log level such as \"info\""))
+            McpError::invalid_params(format!(
+                "params._meta[\"{META_LOG_LEVEL}\"] must be a log level such as \"info\""
+            ))
         })?;
         session.set_log_level(level);
     } else {
@@ -94,11 +110,18 @@ pub fn mark_complete(mut response: Value) -> Value {
 
 /// Handles a stateless request over Streamable HTTP; `None` when the message
 /// is not stateless (or carries a session id), so the session path applies.
-pub async fn try_handle(server: &Arc<McpServer>, headers: &HeaderMap, header_version: Option<&str>, msg: &Message) -> Option<Response> {
+pub async fn try_handle(
+    server: &Arc<McpServer>,
+    headers: &HeaderMap,
+    header_version: Option<&str>,
+    msg: &Message,
+) -> Option<Response> {
     if headers.contains_key(crate::http::SESSION_HEADER) || !is_stateless(msg) {
         return None;
     }
-    let Message::Request { id, method, params } = msg else { return None };
+    let Message::Request { id, method, params } = msg else {
+        return None;
+    };
     if method == "server/discover" {
         let body = mark_complete(jsonrpc::response(id, Ok(discover(server))));
         return Some(crate::http::json_ok(&body));
@@ -108,7 +131,9 @@ pub async fn try_handle(server: &Arc<McpServer>, headers: &HeaderMap, header_ver
     {
         return Some(crate::http::bad_request(
             id.clone(),
-            McpError::invalid_request(format!("MCP-Protocol-Version header {h:?} does not match params._meta protocol version {m:?}")),
+            McpError::invalid_request(format!(
+                "MCP-Protocol-Version header {h:?} does not match params._meta protocol version {m:?}"
+            )),
         ));
     }
     let session = match ephemeral_session(server, TransportKind::StreamableHttp, params.as_ref()) {
@@ -120,11 +145,18 @@ pub async fn try_handle(server: &Arc<McpServer>, headers: &HeaderMap, header_ver
 
 /// Handles a request read on stdio: stateless when it says so, otherwise in
 /// the stdio session.
-pub async fn handle_stdio(server: &Arc<McpServer>, session: &Arc<Session>, msg: Message, out: Arc<dyn Outbound>) -> Option<Value> {
+pub async fn handle_stdio(
+    server: &Arc<McpServer>,
+    session: &Arc<Session>,
+    msg: Message,
+    out: Arc<dyn Outbound>,
+) -> Option<Value> {
     if !is_stateless(&msg) {
         return server.handle_message(session, msg, out).await;
     }
-    let Message::Request { id, method, params } = &msg else { return None };
+    let Message::Request { id, method, params } = &msg else {
+        return None;
+    };
     if method == "server/discover" {
         return Some(mark_complete(jsonrpc::response(id, Ok(discover(server)))));
     }
@@ -134,5 +166,8 @@ pub async fn handle_stdio(server: &Arc<McpServer>, session: &Arc<Session>, msg: 
     };
     // Answers to server requests arrive on the shared stdio session.
     eph.set_direct(out.clone());
-    server.handle_message(&eph, msg, out).await.map(mark_complete)
+    server
+        .handle_message(&eph, msg, out)
+        .await
+        .map(mark_complete)
 }

@@ -21,13 +21,23 @@ impl Outbound for Stdout {
 
 /// Reads one line of at most `limit` bytes. Returns `Ok(None)` at end of
 /// input and `Err(len)` for a line over the limit (which is skipped whole).
-async fn read_line_limited<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<Option<Result<(), usize>>> {
+async fn read_line_limited<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<Result<(), usize>>> {
     buf.clear();
     let mut skipped = 0usize;
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if buf.is_empty() && skipped == 0 { None } else if skipped > 0 { Some(Err(skipped)) } else { Some(Ok(())) });
+            return Ok(if buf.is_empty() && skipped == 0 {
+                None
+            } else if skipped > 0 {
+                Some(Err(skipped))
+            } else {
+                Some(Ok(()))
+            });
         }
         let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], Some(i + 1)),
@@ -61,7 +71,9 @@ where
 
     let writer_task = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
-            if writer.write_all(line.as_bytes()).await.is_err() || writer.write_all(b"\n").await.is_err() {
+            if writer.write_all(line.as_bytes()).await.is_err()
+                || writer.write_all(b"\n").await.is_err()
+            {
                 break;
             }
             // Flush when nothing else is queued, so bursts share one flush.
@@ -80,7 +92,9 @@ where
         let line = match read_line_limited(&mut reader, &mut buf, limit).await? {
             None => break,
             Some(Err(len)) => {
-                let e = cellgate_kernel::McpError::parse_error(format!("message of {len} bytes exceeds the limit of {limit} bytes"));
+                let e = cellgate_kernel::McpError::parse_error(format!(
+                    "message of {len} bytes exceeds the limit of {limit} bytes"
+                ));
                 out.send(&jsonrpc::response(&Value::Null, Err(e)), false);
                 continue;
             }
@@ -91,9 +105,13 @@ where
         }
         let messages = match jsonrpc::parse(line, server.config.max_json_depth) {
             Ok(Payload::Single(m)) => vec![Ok(m)],
-            Ok(Payload::Batch(items)) if crate::protocol::allows_batches(&session.version()) => items,
+            Ok(Payload::Batch(items)) if crate::protocol::allows_batches(&session.version()) => {
+                items
+            }
             Ok(Payload::Batch(_)) => {
-                let e = cellgate_kernel::McpError::invalid_request("JSON-RPC batches are not part of this protocol revision");
+                let e = cellgate_kernel::McpError::invalid_request(
+                    "JSON-RPC batches are not part of this protocol revision",
+                );
                 out.send(&jsonrpc::response(&Value::Null, Err(e)), false);
                 continue;
             }
@@ -112,7 +130,9 @@ where
                     let session = session.clone();
                     let out = out.clone();
                     tasks.spawn(async move {
-                        if let Some(resp) = crate::stateless::handle_stdio(&server, &session, m, out.clone()).await {
+                        if let Some(resp) =
+                            crate::stateless::handle_stdio(&server, &session, m, out.clone()).await
+                        {
                             out.send(&resp, true);
                         }
                     });
@@ -136,5 +156,10 @@ where
 
 /// Serves the process's own stdin and stdout.
 pub async fn serve_stdio(server: Arc<McpServer>) -> std::io::Result<()> {
-    serve(server, tokio::io::BufReader::new(tokio::io::stdin()), tokio::io::stdout()).await
+    serve(
+        server,
+        tokio::io::BufReader::new(tokio::io::stdin()),
+        tokio::io::stdout(),
+    )
+    .await
 }

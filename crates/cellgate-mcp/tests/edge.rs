@@ -14,10 +14,12 @@ use tokio::net::TcpStream;
 
 fn server_with(config: EdgeConfig) -> Arc<McpServer> {
     let metrics = Metrics::new();
-    let pipeline = Pipeline::builder(Catalog::new(vec![ConformanceProvider::new(Duration::from_millis(200))]))
-        .layer(TraceLayer)
-        .layer(MeterLayer::new(metrics.clone()))
-        .build();
+    let pipeline = Pipeline::builder(Catalog::new(vec![ConformanceProvider::new(
+        Duration::from_millis(200),
+    )]))
+    .layer(TraceLayer)
+    .layer(MeterLayer::new(metrics.clone()))
+    .build();
     McpServer::new(pipeline, config, metrics)
 }
 
@@ -31,7 +33,11 @@ async fn start_with(config: EdgeConfig) -> (SocketAddr, Arc<McpServer>) {
 }
 
 async fn start() -> (SocketAddr, Arc<McpServer>) {
-    start_with(EdgeConfig { max_body_bytes: 64 * 1024, ..EdgeConfig::default() }).await
+    start_with(EdgeConfig {
+        max_body_bytes: 64 * 1024,
+        ..EdgeConfig::default()
+    })
+    .await
 }
 
 struct Resp {
@@ -42,14 +48,20 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     /// JSON-RPC messages in an SSE body (or the JSON body itself).
     fn messages(&self) -> Vec<Value> {
-        if self.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
             self.body
                 .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
@@ -63,9 +75,18 @@ impl Resp {
 }
 
 /// One HTTP/1.1 exchange on a fresh connection, with exact control of headers and bytes.
-async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("host: {addr}\r\n"));
     }
@@ -76,7 +97,10 @@ async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)
     s.write_all(req.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("response within 10s").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 10s")
+        .unwrap();
     parse_response(&buf)
 }
 
@@ -84,12 +108,31 @@ fn parse_response(buf: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned())).collect();
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
-    Resp { status, headers, body }
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -125,7 +168,12 @@ async fn session(addr: SocketAddr, version: &str, caps: Value) -> String {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["result"]["protocolVersion"], json!(version));
     let sid = r.header("mcp-session-id").expect("session id").to_owned();
-    let r = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+    let r = post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
     assert_eq!(r.status, 202);
     sid
 }
@@ -138,20 +186,55 @@ fn call(id: i64, name: &str, args: Value) -> Value {
 async fn handshake_list_call_read_prompt() {
     let (addr, _) = start().await;
     let sid = session(addr, "2025-11-25", json!({})).await;
-    let tools = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await.json();
-    let names: Vec<&str> = tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"test_simple_text") && names.contains(&"echo"), "{names:?}");
-    let echo = post(addr, Some(&sid), &call(3, "echo", json!({"text":"héllo"}))).await.json();
-    assert_eq!(echo["result"]["structuredContent"], json!({"text":"héllo","length":5}));
+    let tools = post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+    )
+    .await
+    .json();
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"test_simple_text") && names.contains(&"echo"),
+        "{names:?}"
+    );
+    let echo = post(addr, Some(&sid), &call(3, "echo", json!({"text":"héllo"})))
+        .await
+        .json();
+    assert_eq!(
+        echo["result"]["structuredContent"],
+        json!({"text":"héllo","length":5})
+    );
     let res = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"test://template/7/data"}})).await.json();
-    assert!(res["result"]["contents"][0]["text"].as_str().unwrap().contains("Data for ID: 7"));
+    assert!(
+        res["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Data for ID: 7")
+    );
     let p = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":5,"method":"prompts/get","params":{"name":"test_prompt_with_arguments","arguments":{"arg1":"a","arg2":"b"}}})).await.json();
-    assert_eq!(p["result"]["messages"][0]["content"]["text"], json!("Prompt with arguments: arg1='a', arg2='b'"));
+    assert_eq!(
+        p["result"]["messages"][0]["content"]["text"],
+        json!("Prompt with arguments: arg1='a', arg2='b'")
+    );
     let c = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":6,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"test_prompt_with_arguments"},"argument":{"name":"arg1","value":"pa"}}})).await.json();
-    assert_eq!(c["result"]["completion"]["values"], json!(["paris","park"]));
+    assert_eq!(
+        c["result"]["completion"]["values"],
+        json!(["paris", "park"])
+    );
     let d = raw(addr, "DELETE", "/mcp", &[("mcp-session-id", &sid)], b"").await;
     assert_eq!(d.status, 204);
-    let gone = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":7,"method":"ping"})).await;
+    let gone = post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":7,"method":"ping"}),
+    )
+    .await;
     assert_eq!(gone.status, 404);
 }
 
@@ -161,7 +244,9 @@ async fn every_handshake_revision_negotiates() {
     for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
         session(addr, v, json!({})).await;
     }
-    let r = post(addr, None, &init_body("2031-01-01", json!({}))).await.json();
+    let r = post(addr, None, &init_body("2031-01-01", json!({})))
+        .await
+        .json();
     assert_eq!(r["result"]["protocolVersion"], json!("2025-11-25"));
 }
 
@@ -172,23 +257,69 @@ async fn progress_and_logging_stream_as_sse_before_the_result() {
     let mut body = call(2, "test_tool_with_progress", json!({}));
     body["params"]["_meta"] = json!({"progressToken": "tok-1"});
     let r = post(addr, Some(&sid), &body).await;
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
-    assert!(r.body.starts_with("id: "), "priming event first: {}", r.body);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(
+        r.body.starts_with("id: "),
+        "priming event first: {}",
+        r.body
+    );
     assert!(r.body.contains("retry: "));
     let msgs = r.messages();
-    let progress: Vec<f64> = msgs.iter().filter(|m| m["method"] == "notifications/progress").map(|m| m["params"]["progress"].as_f64().unwrap()).collect();
+    let progress: Vec<f64> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["progress"].as_f64().unwrap())
+        .collect();
     assert_eq!(progress, vec![0.0, 50.0, 100.0]);
-    assert_eq!(msgs.last().unwrap()["result"]["content"][0]["text"], json!("tok-1"));
+    assert_eq!(
+        msgs.last().unwrap()["result"]["content"][0]["text"],
+        json!("tok-1")
+    );
 
     // logging/setLevel filters what the logging tool may send.
-    let r = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":3,"method":"logging/setLevel","params":{"level":"error"}})).await;
+    let r = post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":3,"method":"logging/setLevel","params":{"level":"error"}}),
+    )
+    .await;
     assert_eq!(r.json()["result"], json!({}));
-    let r = post(addr, Some(&sid), &call(4, "test_tool_with_logging", json!({}))).await;
-    assert!(r.messages().iter().all(|m| m["method"] != "notifications/message"), "info logs filtered at level error");
-    let r = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"debug"}})).await;
+    let r = post(
+        addr,
+        Some(&sid),
+        &call(4, "test_tool_with_logging", json!({})),
+    )
+    .await;
+    assert!(
+        r.messages()
+            .iter()
+            .all(|m| m["method"] != "notifications/message"),
+        "info logs filtered at level error"
+    );
+    let r = post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"debug"}}),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = post(addr, Some(&sid), &call(6, "test_tool_with_logging", json!({}))).await;
-    assert_eq!(r.messages().iter().filter(|m| m["method"] == "notifications/message").count(), 3);
+    let r = post(
+        addr,
+        Some(&sid),
+        &call(6, "test_tool_with_logging", json!({})),
+    )
+    .await;
+    assert_eq!(
+        r.messages()
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .count(),
+        3
+    );
 }
 
 /// A streaming connection that we read incrementally.
@@ -197,9 +328,20 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(addr: SocketAddr, method: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Stream) {
+    async fn open(
+        addr: SocketAddr,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Stream) {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("{method} /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n", body.len());
+        // `connection: close` (as in `raw`): the end of the response is then
+        // the end of the connection, which is what `next_message` can see.
+        // Under keep-alive, a finished SSE body leaves the socket open.
+        let mut req = format!(
+            "{method} /mcp HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -224,7 +366,10 @@ impl Stream {
     async fn next_message(&mut self) -> Option<Value> {
         loop {
             let mut l = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut l)).await.expect("event within 10s").unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut l))
+                .await
+                .expect("event within 10s")
+                .unwrap();
             if n == 0 {
                 return None;
             }
@@ -252,20 +397,37 @@ async fn sampling_round_trip_over_http() {
     let (addr, _) = start().await;
     let sid = session(addr, "2025-11-25", json!({"sampling":{},"elicitation":{}})).await;
     let body = call(2, "test_sampling", json!({"prompt":"2+2?"})).to_string();
-    let (status, mut stream) =
-        Stream::open(addr, "POST", &[JSON, ACCEPT, ("mcp-session-id", &sid)], body.as_bytes()).await;
+    let (status, mut stream) = Stream::open(
+        addr,
+        "POST",
+        &[JSON, ACCEPT, ("mcp-session-id", &sid)],
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(status, 200);
     let req = stream.next_message().await.unwrap();
     assert_eq!(req["method"], json!("sampling/createMessage"));
-    assert_eq!(req["params"]["messages"][0]["content"]["text"], json!("2+2?"));
+    assert_eq!(
+        req["params"]["messages"][0]["content"]["text"],
+        json!("2+2?")
+    );
     let answer = json!({"jsonrpc":"2.0","id":req["id"],"result":{"role":"assistant","content":{"type":"text","text":"4"},"model":"test"}});
     assert_eq!(post(addr, Some(&sid), &answer).await.status, 202);
     let result = stream.next_message().await.unwrap();
-    assert_eq!(result["result"]["content"][0]["text"], json!("LLM response: 4"));
+    assert_eq!(
+        result["result"]["content"][0]["text"],
+        json!("LLM response: 4")
+    );
 
     // Without the capability the tool reports an error instead of asking.
     let plain = session(addr, "2025-11-25", json!({})).await;
-    let r = post(addr, Some(&plain), &call(3, "test_sampling", json!({"prompt":"x"}))).await.json();
+    let r = post(
+        addr,
+        Some(&plain),
+        &call(3, "test_sampling", json!({"prompt":"x"})),
+    )
+    .await
+    .json();
     assert_eq!(r["result"]["isError"], json!(true));
 }
 
@@ -274,16 +436,54 @@ async fn closed_stream_resumes_with_last_event_id() {
     let (addr, _) = start().await;
     let sid = session(addr, "2025-11-25", json!({})).await;
     let r = post(addr, Some(&sid), &call(9, "test_reconnection", json!({}))).await;
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
-    assert!(r.messages().is_empty(), "the server closes the stream before the result: {}", r.body);
-    let last = r.body.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_owned();
-    let (status, mut stream) =
-        Stream::open(addr, "GET", &[("accept", "text/event-stream"), ("mcp-session-id", &sid), ("last-event-id", &last)], b"").await;
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(
+        r.messages().is_empty(),
+        "the server closes the stream before the result: {}",
+        r.body
+    );
+    let last = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .to_owned();
+    let (status, mut stream) = Stream::open(
+        addr,
+        "GET",
+        &[
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", &sid),
+            ("last-event-id", &last),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
     let result = stream.next_message().await.unwrap();
     assert_eq!(result["id"], json!(9));
-    assert!(result["result"]["content"][0]["text"].as_str().unwrap().starts_with("Reconnection test completed"));
-    let bad = raw(addr, "GET", "/mcp", &[("accept", "text/event-stream"), ("mcp-session-id", &sid), ("last-event-id", "nonsense")], b"").await;
+    assert!(
+        result["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Reconnection test completed")
+    );
+    let bad = raw(
+        addr,
+        "GET",
+        "/mcp",
+        &[
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", &sid),
+            ("last-event-id", "nonsense"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(bad.status, 400);
 }
 
@@ -291,7 +491,13 @@ async fn closed_stream_resumes_with_last_event_id() {
 async fn subscriptions_deliver_updates_on_the_get_stream() {
     let (addr, _) = start().await;
     let sid = session(addr, "2025-11-25", json!({})).await;
-    let (status, mut stream) = Stream::open(addr, "GET", &[("accept", "text/event-stream"), ("mcp-session-id", &sid)], b"").await;
+    let (status, mut stream) = Stream::open(
+        addr,
+        "GET",
+        &[("accept", "text/event-stream"), ("mcp-session-id", &sid)],
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
     let _priming = stream.next_event_id().await;
     let r = post(addr, Some(&sid), &json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"test://watched-resource"}})).await;
@@ -306,12 +512,21 @@ async fn cancellation_stops_the_call_and_sends_no_result() {
     let (addr, server) = start().await;
     let sid = session(addr, "2025-11-25", json!({"sampling":{}})).await;
     let body = call(77, "test_sampling", json!({"prompt":"never answered"})).to_string();
-    let (_, mut stream) = Stream::open(addr, "POST", &[JSON, ACCEPT, ("mcp-session-id", &sid)], body.as_bytes()).await;
+    let (_, mut stream) = Stream::open(
+        addr,
+        "POST",
+        &[JSON, ACCEPT, ("mcp-session-id", &sid)],
+        body.as_bytes(),
+    )
+    .await;
     let req = stream.next_message().await.unwrap();
     assert_eq!(req["method"], json!("sampling/createMessage"));
     let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":77,"reason":"user"}});
     assert_eq!(post(addr, Some(&sid), &cancel).await.status, 202);
-    assert!(stream.next_message().await.is_none(), "stream ends without a response");
+    assert!(
+        stream.next_message().await.is_none(),
+        "stream ends without a response"
+    );
     let s = server.sessions.get(&sid).unwrap();
     assert_eq!(s.in_flight_count(), 0);
 }
@@ -327,59 +542,171 @@ async fn bad_input_gets_precise_errors_and_leaves_no_state() {
     };
 
     let r = post_raw(vec![JSON, ACCEPT], b"{not json".to_vec()).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32700)));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32700))
+    );
     let r = post_raw(vec![JSON, ACCEPT], b"\xff\xfe{}".to_vec()).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32700)));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("UTF-8"));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32700))
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8")
+    );
     let r = post_raw(vec![JSON, ACCEPT], br#"{"jsonrpc":"2.0","id":1}"#.to_vec()).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32600)));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32600))
+    );
     let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     let r = post_raw(vec![JSON, ACCEPT], deep.into_bytes()).await;
     assert_eq!(r.status, 413, "64 KiB limit in this test comes first");
     let deep = format!("{}1{}", "[".repeat(1_000), "]".repeat(1_000));
     let r = post_raw(vec![JSON, ACCEPT], deep.into_bytes()).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32700)));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("deeper than the limit of 64"));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32700))
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than the limit of 64")
+    );
     let big = vec![b' '; 70 * 1024];
     let r = post_raw(vec![JSON, ACCEPT], big).await;
     assert_eq!(r.status, 413);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("65536 bytes"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("65536 bytes")
+    );
     let r = post_raw(vec![("content-type", "text/plain"), ACCEPT], b"{}".to_vec()).await;
     assert_eq!(r.status, 415);
     let r = post_raw(vec![JSON, ("accept", "text/html")], b"{}".to_vec()).await;
     assert_eq!(r.status, 406);
 
     // Session rules.
-    let r = post(addr, None, &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})).await;
+    let r = post(
+        addr,
+        None,
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = post(addr, Some("no-such-session"), &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})).await;
+    let r = post(
+        addr,
+        Some("no-such-session"),
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
+    )
+    .await;
     assert_eq!(r.status, 404);
-    let r = raw(addr, "POST", "/mcp", &[JSON, ACCEPT, ("mcp-session-id", &sid), ("mcp-protocol-version", "1999-01-01")], b"{}").await;
+    let r = raw(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            JSON,
+            ACCEPT,
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "1999-01-01"),
+        ],
+        b"{}",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("1999-01-01"));
-    let r = raw(addr, "POST", "/mcp", &[JSON, ACCEPT, ("origin", "http://evil.example.com")], init_body("2025-11-25", json!({})).to_string().as_bytes()).await;
+    let r = raw(
+        addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("origin", "http://evil.example.com")],
+        init_body("2025-11-25", json!({})).to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 403);
-    let r = raw(addr, "POST", "/mcp", &[JSON, ACCEPT, ("host", "evil.example.com")], init_body("2025-11-25", json!({})).to_string().as_bytes()).await;
+    let r = raw(
+        addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("host", "evil.example.com")],
+        init_body("2025-11-25", json!({})).to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 403);
-    let r = raw(addr, "POST", "/mcp", &[JSON, ACCEPT, ("origin", "http://localhost:3000")], init_body("2025-11-25", json!({})).to_string().as_bytes()).await;
+    let r = raw(
+        addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("origin", "http://localhost:3000")],
+        init_body("2025-11-25", json!({})).to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "loopback origins are fine");
     server.sessions.remove(r.header("mcp-session-id").unwrap());
 
     // JSON-RPC errors inside a session.
     let code = |r: Resp| r.json()["error"]["code"].as_i64();
-    assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"no/such"})).await), Some(-32601));
-    assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}})).await), Some(-32602));
-    assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"nope"}})).await), Some(-32602));
+    assert_eq!(
+        code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"no/such"})).await),
+        Some(-32601)
+    );
+    assert_eq!(
+        code(
+            post(
+                addr,
+                s,
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}})
+            )
+            .await
+        ),
+        Some(-32602)
+    );
+    assert_eq!(
+        code(
+            post(
+                addr,
+                s,
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"nope"}})
+            )
+            .await
+        ),
+        Some(-32602)
+    );
     assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":[1]}})).await), Some(-32602));
-    assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"garbage"}})).await), Some(-32602));
+    assert_eq!(
+        code(
+            post(
+                addr,
+                s,
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"garbage"}})
+            )
+            .await
+        ),
+        Some(-32602)
+    );
     assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"loud"}})).await), Some(-32602));
     assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"test://nope"}})).await), Some(-32002));
     assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"test_prompt_with_arguments"}})).await), Some(-32602));
     assert_eq!(code(post(addr, s, &json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/x"}}})).await), Some(-32602));
-    assert_eq!(code(post(addr, s, &json!([{"jsonrpc":"2.0","id":1,"method":"ping"}])).await), Some(-32600), "no batches after 2025-03-26");
+    assert_eq!(
+        code(post(addr, s, &json!([{"jsonrpc":"2.0","id":1,"method":"ping"}])).await),
+        Some(-32600),
+        "no batches after 2025-03-26"
+    );
 
     // A failed initialize leaves no session behind.
-    let r = post(addr, None, &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}})).await;
+    let r = post(
+        addr,
+        None,
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}}),
+    )
+    .await;
     assert_eq!(r.json()["error"]["code"], json!(-32602));
     assert!(r.header("mcp-session-id").is_none());
     assert_eq!(server.sessions.len(), before);
@@ -398,7 +725,10 @@ async fn batches_work_on_2025_03_26() {
     let arr = r.json();
     let arr = arr.as_array().unwrap();
     assert_eq!(arr.len(), 3);
-    assert!(arr.iter().any(|m| m["id"] == json!(2) && m["result"]["structuredContent"]["text"] == json!("b")));
+    assert!(
+        arr.iter()
+            .any(|m| m["id"] == json!(2) && m["result"]["structuredContent"]["text"] == json!("b"))
+    );
     assert!(arr.iter().any(|m| m["error"]["code"] == json!(-32600)));
 }
 
@@ -406,13 +736,31 @@ async fn batches_work_on_2025_03_26() {
 async fn stateless_discover_and_call() {
     let (addr, server) = start().await;
     let before = server.sessions.len();
-    let r = post(addr, None, &json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}})).await.json();
-    assert!(r["result"]["supportedVersions"].as_array().unwrap().contains(&json!("2026-07-28")));
+    let r = post(
+        addr,
+        None,
+        &json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}),
+    )
+    .await
+    .json();
+    assert!(
+        r["result"]["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28"))
+    );
     assert_eq!(r["result"]["resultType"], json!("complete"));
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}});
     let mut c = call(2, "echo", json!({"text":"stateless"}));
     c["params"]["_meta"] = meta.clone();
-    let r = raw(addr, "POST", "/mcp", &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28")], c.to_string().as_bytes()).await;
+    let r = raw(
+        addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28")],
+        c.to_string().as_bytes(),
+    )
+    .await;
     let v = r.json();
     assert_eq!(v["result"]["structuredContent"]["text"], json!("stateless"));
     assert_eq!(v["result"]["resultType"], json!("complete"));
@@ -421,7 +769,11 @@ async fn stateless_discover_and_call() {
     bad["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion":"2030-01-01"});
     let v = post(addr, None, &bad).await.json();
     assert_eq!(v["error"]["code"], json!(-32022));
-    assert_eq!(server.sessions.len(), before, "stateless requests leave no session");
+    assert_eq!(
+        server.sessions.len(),
+        before,
+        "stateless requests leave no session"
+    );
 }
 
 #[tokio::test]
@@ -429,7 +781,12 @@ async fn legacy_sse_transport() {
     let (addr, _) = start().await;
     let (status, mut stream) = {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET /sse HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(
+            format!("GET /sse HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut reader = BufReader::new(s);
         let mut l = String::new();
         reader.read_line(&mut l).await.unwrap();
@@ -444,11 +801,27 @@ async fn legacy_sse_transport() {
         }
     };
     assert!(endpoint.starts_with("/messages?sessionId="));
-    let r = raw(addr, "POST", &endpoint, &[JSON], init_body("2024-11-05", json!({})).to_string().as_bytes()).await;
+    let r = raw(
+        addr,
+        "POST",
+        &endpoint,
+        &[JSON],
+        init_body("2024-11-05", json!({})).to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 202);
     let init = stream.next_message().await.unwrap();
     assert_eq!(init["result"]["protocolVersion"], json!("2024-11-05"));
-    raw(addr, "POST", &endpoint, &[JSON], call(2, "echo", json!({"text":"legacy"})).to_string().as_bytes()).await;
+    raw(
+        addr,
+        "POST",
+        &endpoint,
+        &[JSON],
+        call(2, "echo", json!({"text":"legacy"}))
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
     let r = stream.next_message().await.unwrap();
     assert_eq!(r["result"]["content"][0]["text"], json!("legacy"));
     let r = raw(addr, "POST", "/messages?sessionId=nope", &[JSON], b"{}").await;
@@ -457,10 +830,17 @@ async fn legacy_sse_transport() {
 
 #[tokio::test]
 async fn stdio_round_trip_with_sampling_and_bad_lines() {
-    let server = server_with(EdgeConfig { max_body_bytes: 4096, ..EdgeConfig::default() });
+    let server = server_with(EdgeConfig {
+        max_body_bytes: 4096,
+        ..EdgeConfig::default()
+    });
     let (client, srv) = tokio::io::duplex(1 << 16);
     let (srv_r, srv_w) = tokio::io::split(srv);
-    let task = tokio::spawn(cellgate_mcp::stdio::serve(server.clone(), BufReader::new(srv_r), srv_w));
+    let task = tokio::spawn(cellgate_mcp::stdio::serve(
+        server.clone(),
+        BufReader::new(srv_r),
+        srv_w,
+    ));
     let (cr, mut cw) = tokio::io::split(client);
     let mut lines = BufReader::new(cr).lines();
     let mut send = async |v: String| {
@@ -479,15 +859,21 @@ async fn stdio_round_trip_with_sampling_and_bad_lines() {
     assert_eq!(r["error"]["code"], json!(-32700));
     send("x".repeat(5000)).await;
     let r: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    assert!(r["error"]["message"].as_str().unwrap().contains("exceeds the limit of 4096"));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit of 4096")
+    );
     send(call(2, "test_sampling", json!({"prompt":"hi"})).to_string()).await;
     let req: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     assert_eq!(req["method"], json!("sampling/createMessage"));
     send(json!({"jsonrpc":"2.0","id":req["id"],"result":{"role":"assistant","content":{"type":"text","text":"yo"},"model":"m"}}).to_string()).await;
     let r: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     assert_eq!(r["result"]["content"][0]["text"], json!("LLM response: yo"));
-    drop(send);
-    drop(cw);
+    // End the server's input. Dropping `cw` alone would not: the duplex stays
+    // open while its read half (`lines`) lives.
+    cw.shutdown().await.unwrap();
     task.await.unwrap().unwrap();
     assert!(server.sessions.is_empty());
 }

@@ -22,7 +22,10 @@ use crate::InstanceArgs;
 
 /// Reads the configuration: defaults ← file ← `CELLGATE_*` ← command line.
 pub fn load_config(args: &InstanceArgs) -> anyhow::Result<Config> {
-    let path = args.config.clone().or_else(cellgate_config::default_config_path);
+    let path = args
+        .config
+        .clone()
+        .or_else(cellgate_config::default_config_path);
     let mut config = Config::load(path.as_deref(), std::env::vars())
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| match &path {
@@ -37,8 +40,11 @@ pub fn load_config(args: &InstanceArgs) -> anyhow::Result<Config> {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CELLGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("CELLGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log.format {
         cellgate_config::LogFormat::Json => builder.json().try_init(),
         cellgate_config::LogFormat::Text => builder.try_init(),
@@ -58,7 +64,11 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         .await
         .with_context(|| format!("opening the store ({})", config.redacted_store_location()))?;
     let local = TenantId::parse("local").map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.tenants().ensure(&local, "Local").await.context("creating the local tenant")?;
+    store
+        .tenants()
+        .ensure(&local, "Local")
+        .await
+        .context("creating the local tenant")?;
 
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if config.demo.enabled {
@@ -72,13 +82,19 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         .layer(MeterLayer::new(metrics.clone()).with_records(records_tx))
         .build();
     let server = McpServer::new(pipeline, edge_config(config), metrics.clone());
-    Ok(Instance { server, store, metrics })
+    Ok(Instance {
+        server,
+        store,
+        metrics,
+    })
 }
 
 /// Maps the `[store]` section onto the store's own configuration.
 pub fn store_config(config: &Config) -> StoreConfig {
     match config.store.backend {
-        StoreBackend::Sqlite => StoreConfig::Sqlite { path: config.sqlite_path() },
+        StoreBackend::Sqlite => StoreConfig::Sqlite {
+            path: config.sqlite_path(),
+        },
         StoreBackend::Postgres => StoreConfig::Postgres {
             // `Config::load` has checked that a postgres backend has a URL.
             url: config.store.url.clone().unwrap_or_default(),
@@ -116,20 +132,28 @@ fn spawn_call_log_writer(store: Store, mut rx: mpsc::Receiver<CallRecord>) {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(512);
         while rx.recv_many(&mut batch, 512).await > 0 {
-            let mut by_tenant: std::collections::BTreeMap<Arc<str>, Vec<cellgate_store::CallRecord>> = Default::default();
+            let mut by_tenant: std::collections::BTreeMap<
+                Arc<str>,
+                Vec<cellgate_store::CallRecord>,
+            > = Default::default();
             for r in batch.drain(..) {
-                by_tenant.entry(r.tenant.clone()).or_default().push(cellgate_store::CallRecord {
-                    principal: r.principal.to_string(),
-                    method: r.method.to_owned(),
-                    target: r.target,
-                    outcome: r.outcome.to_owned(),
-                    error_code: r.error_code,
-                    latency_us: r.latency_us as i64,
-                    at_ms: r.at_ms,
-                });
+                by_tenant
+                    .entry(r.tenant.clone())
+                    .or_default()
+                    .push(cellgate_store::CallRecord {
+                        principal: r.principal.to_string(),
+                        method: r.method.to_owned(),
+                        target: r.target,
+                        outcome: r.outcome.to_owned(),
+                        error_code: r.error_code,
+                        latency_us: r.latency_us as i64,
+                        at_ms: r.at_ms,
+                    });
             }
             for (tenant, records) in by_tenant {
-                let Ok(id) = TenantId::parse(&tenant) else { continue };
+                let Ok(id) = TenantId::parse(&tenant) else {
+                    continue;
+                };
                 if let Err(e) = store.scope(&id).call_log().append_batch(&records).await {
                     tracing::warn!(error = %e, "writing the call log failed");
                 }
@@ -146,7 +170,12 @@ struct Health {
 }
 
 async fn healthz() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({ "status": "ok" }).to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "status": "ok" }).to_string(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(h): State<Health>) -> Response {
@@ -156,12 +185,28 @@ async fn readyz(State(h): State<Health>) -> Response {
         "store": { "backend": h.store.backend_name(), "ok": store.is_ok(), "error": store.as_ref().err().map(|e| e.to_string()) },
         "providers": h.providers,
     });
-    let status = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(h): State<Health>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.metrics.render())
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.render(),
+    )
         .into_response()
 }
 
@@ -172,7 +217,9 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
         metrics: instance.metrics.clone(),
         providers: instance.server.pipeline().catalog().providers().len(),
     };
-    let mut ops = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let mut ops = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if metrics_enabled {
         ops = ops.route("/metrics", get(metrics));
     }
@@ -181,27 +228,41 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let addr: SocketAddr = config
-        .server
-        .listen
-        .parse()
-        .with_context(|| format!("server.listen {:?} is not an address like 127.0.0.1:8080", config.server.listen))?;
+    let addr: SocketAddr = config.server.listen.parse().with_context(|| {
+        format!(
+            "server.listen {:?} is not an address like 127.0.0.1:8080",
+            config.server.listen
+        )
+    })?;
     let instance = build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening beyond loopback: anyone who can reach this address can call every tool (authentication arrives with the trust pipeline)");
     }
-    tracing::info!(tenant = "local", "no authentication configured: every caller is the anonymous principal of the single local tenant");
-    println!("cellgate {} listening on http://{local}/mcp", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        tenant = "local",
+        "no authentication configured: every caller is the anonymous principal of the single local tenant"
+    );
+    println!(
+        "cellgate {} listening on http://{local}/mcp",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  legacy SSE:  http://{local}/sse");
-    println!("  health:      http://{local}/healthz  ready: http://{local}/readyz  metrics: http://{local}/metrics");
+    println!(
+        "  health:      http://{local}/healthz  ready: http://{local}/readyz  metrics: http://{local}/metrics"
+    );
     println!("  data:        {}", config.redacted_store_location());
     if config.demo.enabled {
         println!("  demo:        conformance tools, resources and prompts are served");
     }
     let app = http_app(&instance, config.metrics.enabled);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     instance.store.close().await;
     Ok(())
 }
@@ -209,7 +270,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn stdio(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let instance = build(&config).await?;
-    cellgate_mcp::stdio::serve_stdio(instance.server.clone()).await.context("serving stdio")?;
+    cellgate_mcp::stdio::serve_stdio(instance.server.clone())
+        .await
+        .context("serving stdio")?;
     instance.store.close().await;
     Ok(())
 }
@@ -220,7 +283,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

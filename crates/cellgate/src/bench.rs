@@ -56,14 +56,19 @@ fn post(url: &str, body: &Value, session: Option<&str>) -> Request<Full<Bytes>> 
     if let Some(s) = session {
         b = b.header("mcp-session-id", s);
     }
-    b.body(Full::new(Bytes::from(body.to_string()))).expect("static request parts are valid")
+    b.body(Full::new(Bytes::from(body.to_string())))
+        .expect("static request parts are valid")
 }
 
 async fn open_session(client: &HttpClient, url: &str) -> anyhow::Result<Option<String>> {
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"cellgate-bench","version":"1"}}});
     let resp = client.request(post(url, &init, None)).await?;
-    let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let status = resp.status();
     resp.into_body().collect().await?;
     if !status.is_success() {
@@ -80,7 +85,9 @@ async fn open_session(client: &HttpClient, url: &str) -> anyhow::Result<Option<S
 async fn load(name: &'static str, url: String, args: &BenchArgs) -> anyhow::Result<Outcome> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.sessions).build(connector);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.sessions)
+        .build(connector);
     let warm_until = Instant::now() + Duration::from_secs(args.warmup);
     let stop = warm_until + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -130,8 +137,19 @@ async fn load(name: &'static str, url: String, args: &BenchArgs) -> anyhow::Resu
         errors += e;
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Ok(Outcome { name, calls: all.len(), errors, seconds: args.seconds as f64, p50_us: pct(0.50), p99_us: pct(0.99) })
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(Outcome {
+        name,
+        calls: all.len(),
+        errors,
+        seconds: args.seconds as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    })
 }
 
 fn memchr_result(b: &[u8]) -> bool {
@@ -146,7 +164,9 @@ async fn start_baseline() -> anyhow::Result<SocketAddr> {
     let canned = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}],"structuredContent":{"text":"x","length":1}}}"#);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let canned = canned.clone();
             tokio::spawn(async move {
@@ -163,7 +183,9 @@ async fn start_baseline() -> anyhow::Result<SocketAddr> {
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -175,9 +197,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--sessions and --seconds must be at least 1");
     }
     let dir = std::env::temp_dir().join(format!("cellgate-bench-{}", std::process::id()));
-    let mut config = cellgate_config::Config::default();
-    config.data_dir = Some(dir.display().to_string());
-    config.demo.enabled = true;
+    let config = cellgate_config::Config {
+        data_dir: Some(dir.display().to_string()),
+        demo: cellgate_config::DemoConfig { enabled: true },
+        ..Default::default()
+    };
     let instance = crate::app::build(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -190,19 +214,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.sessions,
         args.warmup,
         args.seconds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    let base = load("bare hyper (ceiling)", format!("http://{baseline}/mcp"), &args).await?;
-    let edge = load("cellgate tools/call echo", format!("http://{addr}/mcp"), &args).await?;
+    let base = load(
+        "bare hyper (ceiling)",
+        format!("http://{baseline}/mcp"),
+        &args,
+    )
+    .await?;
+    let edge = load(
+        "cellgate tools/call echo",
+        format!("http://{addr}/mcp"),
+        &args,
+    )
+    .await?;
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = edge.rate() / base.rate().max(1.0);
     if args.json {
         let row = |o: &Outcome| json!({"target": o.name, "calls": o.calls, "errors": o.errors, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us});
-        println!("{}", json!({"sessions": args.sessions, "seconds": args.seconds, "results": [row(&base), row(&edge)], "ratio_to_ceiling": ratio}));
+        println!(
+            "{}",
+            json!({"sessions": args.sessions, "seconds": args.seconds, "results": [row(&base), row(&edge)], "ratio_to_ceiling": ratio})
+        );
     } else {
-        println!("{:<28} {:>12} {:>10} {:>10} {:>8}", "target", "calls/s", "p50 µs", "p99 µs", "errors");
+        println!(
+            "{:<28} {:>12} {:>10} {:>10} {:>8}",
+            "target", "calls/s", "p50 µs", "p99 µs", "errors"
+        );
         for o in [&base, &edge] {
-            println!("{:<28} {:>12.0} {:>10} {:>10} {:>8}", o.name, o.rate(), o.p50_us, o.p99_us, o.errors);
+            println!(
+                "{:<28} {:>12.0} {:>10} {:>10} {:>8}",
+                o.name,
+                o.rate(),
+                o.p50_us,
+                o.p99_us,
+                o.errors
+            );
         }
         println!("cellgate / ceiling: {:.2}", ratio);
     }
@@ -211,4 +260,3 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -92,14 +92,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => {
             println!("cellgate {}", env!("CARGO_PKG_VERSION"));
-            println!("MCP protocol revisions: {}", cellgate_mcp::protocol::ALL_VERSIONS.join(", "));
+            println!(
+                "MCP protocol revisions: {}",
+                cellgate_mcp::protocol::ALL_VERSIONS.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Schema } => {
-            println!("{}", serde_json::to_string_pretty(&cellgate_config::json_schema())?);
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&cellgate_config::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             let path = file.unwrap_or_else(|| PathBuf::from("cellgate.toml"));
             match cellgate_config::check_file(&path) {
                 Ok(_) => {
@@ -115,7 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Serve { instance, listen, demo } => {
+        Command::Serve {
+            instance,
+            listen,
+            demo,
+        } => {
             let mut config = app::load_config(&instance)?;
             if let Some(l) = listen {
                 config.server.listen = l;
