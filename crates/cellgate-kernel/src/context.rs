@@ -4,15 +4,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{BoxFuture, McpError};
+use crate::{BoxFuture, DecisionTrail, McpError};
 
-/// Who makes a call. Until authentication lands every caller of a local,
-/// unauthenticated instance is the anonymous principal of the local tenant.
+/// Who makes a call, as established by authentication. The tenant a call
+/// runs in is [`CallContext::tenant`], set from the same credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub id: Arc<str>,
     pub kind: PrincipalKind,
+    /// Role names, resolved to levels and permissions by the authorize layer.
     pub roles: Arc<[String]>,
+    /// OAuth scopes the credential carries (empty for API keys and local callers).
+    pub scopes: Arc<[String]>,
+    /// How the principal was authenticated.
+    pub auth: AuthMethod,
+    /// The verified token claims, for policy conditions (`claims.*` in CEL).
+    pub claims: Option<Arc<Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,13 +31,64 @@ pub enum PrincipalKind {
     Anonymous,
 }
 
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Agent => "agent",
+            PrincipalKind::Service => "service",
+            PrincipalKind::Anonymous => "anonymous",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::User, Self::Agent, Self::Service, Self::Anonymous]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// Nobody: authentication is off (single local tenant).
+    None,
+    /// A JWT bearer token (from a configured issuer or the instance's own).
+    Jwt,
+    /// An API key issued by cellgate.
+    ApiKey,
+    /// The operator of this machine: stdio and CLI administration, which
+    /// act with the rights of whoever can read the data directory.
+    Local,
+}
+
 impl Principal {
+    /// The caller of an instance without authentication.
     pub fn anonymous() -> Self {
         Self {
             id: Arc::from("anonymous"),
             kind: PrincipalKind::Anonymous,
             roles: Arc::from(Vec::new()),
+            scopes: Arc::from(Vec::new()),
+            auth: AuthMethod::None,
+            claims: None,
         }
+    }
+
+    /// The local operator (stdio, CLI): an administrator of its tenant.
+    pub fn local_operator() -> Self {
+        Self {
+            id: Arc::from("local-operator"),
+            kind: PrincipalKind::User,
+            roles: Arc::from(vec!["admin".to_owned()]),
+            scopes: Arc::from(Vec::new()),
+            auth: AuthMethod::Local,
+            claims: None,
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.auth != AuthMethod::None
     }
 }
 
@@ -120,6 +178,8 @@ pub struct CallContext {
     pub meta: Option<Arc<Map<String, Value>>>,
     pub cancel: CancellationToken,
     pub peer: Arc<dyn ClientPeer>,
+    /// What each pipeline layer decided about this call, for the audit log.
+    pub trail: Arc<DecisionTrail>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -145,6 +205,7 @@ impl CallContext {
             meta: None,
             cancel: CancellationToken::new(),
             peer: Arc::new(DetachedPeer),
+            trail: Arc::default(),
         }
     }
 

@@ -14,6 +14,15 @@ pub mod codes {
     pub const REQUEST_CANCELLED: i64 = -32800;
     /// Implementation-defined: the server refused the request in its current state.
     pub const SERVER_ERROR: i64 = -32000;
+    /// cellgate: no valid credential (HTTP 401 where the transport has statuses).
+    pub const UNAUTHENTICATED: i64 = -32001;
+    /// cellgate: authenticated, but not allowed (HTTP 403).
+    pub const FORBIDDEN: i64 = -32003;
+    /// cellgate: a rate limit was hit; `data.retryAfterMs` says when to retry (HTTP 429).
+    pub const RATE_LIMITED: i64 = -32005;
+    /// cellgate: inspection or the content filter blocked the call; `data`
+    /// names the layer and the findings.
+    pub const BLOCKED: i64 = -32006;
 }
 
 /// A JSON-RPC error object, as it goes on the wire.
@@ -65,6 +74,20 @@ impl McpError {
             format!("resource not found: {uri}"),
         )
         .with_data(serde_json::json!({ "uri": uri }))
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(codes::UNAUTHENTICATED, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(codes::FORBIDDEN, message)
+    }
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        Self::new(codes::RATE_LIMITED, message).with_data(serde_json::json!({ "retryAfterMs": ms }))
+    }
+    pub fn blocked(layer: &str, message: impl Into<String>, findings: Value) -> Self {
+        Self::new(codes::BLOCKED, message)
+            .with_data(serde_json::json!({ "layer": layer, "findings": findings }))
     }
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(codes::REQUEST_CANCELLED, message)

@@ -19,13 +19,19 @@ mod metrics;
 mod model;
 mod pipeline;
 mod provider;
+mod stage;
+mod trail;
 
 pub use catalog::{Catalog, PAGE_SIZE};
-pub use context::{CallContext, ClientPeer, DetachedPeer, LogLevel, Principal, PrincipalKind};
+pub use context::{
+    AuthMethod, CallContext, ClientPeer, DetachedPeer, LogLevel, Principal, PrincipalKind,
+};
 pub use error::{McpError, codes};
 pub use layers::{MeterLayer, TraceLayer};
 pub use metrics::{CallRecord, Metrics};
 pub use model::{Prompt, Resource, ResourceTemplate, Tool};
 pub use pipeline::{Call, Pipeline, PipelineBuilder, Request};
 pub use provider::{BoxFuture, Provider, ProviderEvent};
+pub use stage::{Stage, StageLayer, StageService};
+pub use trail::{Decision, DecisionTrail, Verdict};
 pub use tokio_util::sync::CancellationToken;

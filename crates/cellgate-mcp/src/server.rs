@@ -509,6 +509,7 @@ impl McpServer {
                 out,
                 timeout: self.config.request_timeout,
             }),
+            trail: Arc::default(),
         }
     }
 }
