@@ -137,13 +137,13 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// A problem found by value rules, before it is given a place in the file.
-pub(crate) struct Problem {
+pub struct Problem {
     pub key: String,
     pub message: String,
 }
 
 impl Problem {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),

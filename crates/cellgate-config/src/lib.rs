@@ -10,14 +10,20 @@
 //! (store, edge, …) receive plain values from the binary, which maps this
 //! crate's types onto theirs. Nothing here does I/O beyond reading the file.
 
+mod audit;
+mod auth;
 mod diagnostic;
 mod env;
+mod inspect;
 mod types;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use audit::AuditConfig;
+pub use auth::AuthConfig;
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use inspect::{FilterConfig, InspectConfig};
 pub use types::*;
 
 /// The file read when no `--config` is given: `./cellgate.toml`, if present.

@@ -24,6 +24,14 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The built-in provider that serves the official conformance suite's tools.
     pub demo: DemoConfig,
+    /// Authentication of callers.
+    pub auth: crate::AuthConfig,
+    /// Inspection of arguments and outputs.
+    pub inspect: crate::InspectConfig,
+    /// The content filter.
+    pub filter: crate::FilterConfig,
+    /// The tamper-evident audit log.
+    pub audit: crate::AuditConfig,
 }
 
 /// HTTP listener and the MCP edge's limits.

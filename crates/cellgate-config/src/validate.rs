@@ -114,6 +114,10 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.data_dir.as_deref() == Some("") {
         p.push(Problem::new("data_dir", "must not be empty"));
     }
+    config.auth.validate(&mut p);
+    config.inspect.validate(&mut p);
+    config.filter.validate(&mut p);
+    config.audit.validate(&mut p);
     p
 }
 

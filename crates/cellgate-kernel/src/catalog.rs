@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-use crate::{CallContext, McpError, Provider, ProviderEvent};
+use crate::{CallContext, McpError, Provider, ProviderEvent, Tool};
 
 /// Items per page of a list result.
 pub const PAGE_SIZE: usize = 100;
@@ -20,6 +20,9 @@ pub const PAGE_SIZE: usize = 100;
 pub struct Catalog {
     providers: Vec<Arc<dyn Provider>>,
     tool_index: RwLock<Option<HashMap<String, usize>>>,
+    /// Definitions by name, for layers that need a tool's schema or
+    /// annotations (inspection, caching); rebuilt with the index.
+    tool_defs: RwLock<Option<Arc<HashMap<String, Arc<Tool>>>>>,
     prompt_index: RwLock<Option<HashMap<String, usize>>>,
 }
 
@@ -28,6 +31,7 @@ impl Catalog {
         let catalog = Arc::new(Self {
             providers,
             tool_index: RwLock::new(None),
+            tool_defs: RwLock::new(None),
             prompt_index: RwLock::new(None),
         });
         // Invalidate indexes on change events; the task ends with the catalog.
@@ -54,7 +58,8 @@ impl Catalog {
     fn invalidate(&self, ev: &ProviderEvent) {
         match ev {
             ProviderEvent::ToolsChanged => {
-                *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = None
+                *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.tool_defs.write().unwrap_or_else(|e| e.into_inner()) = None;
             }
             ProviderEvent::PromptsChanged => {
                 *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = None
@@ -68,16 +73,57 @@ impl Catalog {
         ctx: &CallContext,
         cursor: Option<&str>,
     ) -> Result<Value, McpError> {
+        let all = self.collect_tools(ctx).await?;
+        let all = all
+            .iter()
+            .map(|t| {
+                serde_json::to_value(t.as_ref()).map_err(|e| McpError::internal(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        paginate("tools", all, cursor)
+    }
+
+    /// Lists every provider's tools and rebuilds the routing index and the
+    /// definitions map. The first provider to list a name owns it.
+    async fn collect_tools(&self, ctx: &CallContext) -> Result<Vec<Arc<Tool>>, McpError> {
         let mut all = Vec::new();
         let mut index = HashMap::new();
+        let mut defs = HashMap::new();
         for (i, p) in self.providers.iter().enumerate() {
             for t in p.list_tools(ctx).await? {
-                index.entry(t.name.clone()).or_insert(i);
-                all.push(serde_json::to_value(t).map_err(|e| McpError::internal(e.to_string()))?);
+                let t = Arc::new(t);
+                if !index.contains_key(&t.name) {
+                    index.insert(t.name.clone(), i);
+                    defs.insert(t.name.clone(), t.clone());
+                }
+                all.push(t);
             }
         }
         *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
-        paginate("tools", all, cursor)
+        *self.tool_defs.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(defs));
+        Ok(all)
+    }
+
+    /// The definition of the tool a call to `name` would reach, if any.
+    pub async fn tool(&self, ctx: &CallContext, name: &str) -> Result<Option<Arc<Tool>>, McpError> {
+        let cached = self
+            .tool_defs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let defs = match cached {
+            Some(defs) => defs,
+            None => {
+                self.collect_tools(ctx).await?;
+                let fresh = self
+                    .tool_defs
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                fresh.unwrap_or_default()
+            }
+        };
+        Ok(defs.get(name).cloned())
     }
 
     async fn route(
@@ -94,16 +140,19 @@ impl Catalog {
         if let Some(idx) = lock.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(idx.get(name).copied());
         }
+        if tools {
+            self.collect_tools(ctx).await?;
+            let found = lock
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|idx| idx.get(name).copied());
+            return Ok(found);
+        }
         let mut index = HashMap::new();
         for (i, p) in self.providers.iter().enumerate() {
-            if tools {
-                for t in p.list_tools(ctx).await? {
-                    index.entry(t.name).or_insert(i);
-                }
-            } else {
-                for t in p.list_prompts(ctx).await? {
-                    index.entry(t.name).or_insert(i);
-                }
+            for t in p.list_prompts(ctx).await? {
+                index.entry(t.name).or_insert(i);
             }
         }
         let found = index.get(name).copied();

@@ -82,7 +82,9 @@ impl McpError {
         Self::new(codes::FORBIDDEN, message)
     }
     pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
-        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         Self::new(codes::RATE_LIMITED, message).with_data(serde_json::json!({ "retryAfterMs": ms }))
     }
     pub fn blocked(layer: &str, message: impl Into<String>, findings: Value) -> Self {

@@ -33,5 +33,5 @@ pub use model::{Prompt, Resource, ResourceTemplate, Tool};
 pub use pipeline::{Call, Pipeline, PipelineBuilder, Request};
 pub use provider::{BoxFuture, Provider, ProviderEvent};
 pub use stage::{Stage, StageLayer, StageService};
-pub use trail::{Decision, DecisionTrail, Verdict};
 pub use tokio_util::sync::CancellationToken;
+pub use trail::{Decision, DecisionTrail, Verdict};

@@ -126,7 +126,11 @@ mod tests {
                 }
             })
         }
-        fn after<'a>(&'a self, _: (), result: &'a mut Result<Value, McpError>) -> BoxFuture<'a, ()> {
+        fn after<'a>(
+            &'a self,
+            _: (),
+            result: &'a mut Result<Value, McpError>,
+        ) -> BoxFuture<'a, ()> {
             Box::pin(async move {
                 if let Err(e) = result {
                     e.message = e.message.to_uppercase();
@@ -148,7 +152,10 @@ mod tests {
             },
         };
         let refused = p.call(call("forbidden")).await.unwrap_err();
-        assert_eq!((refused.code, refused.message.as_str()), (crate::codes::FORBIDDEN, "no"));
+        assert_eq!(
+            (refused.code, refused.message.as_str()),
+            (crate::codes::FORBIDDEN, "no")
+        );
         let unknown = p.call(call("other")).await.unwrap_err();
         assert!(unknown.message.starts_with("UNKNOWN TOOL"), "{unknown:?}");
         let _ = json!({});
