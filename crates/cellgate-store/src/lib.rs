@@ -28,7 +28,14 @@ use backend::{Backend, on_backend, redact_url};
 pub use call_log::{CALL_TEXT_MAX_BYTES, CallLog, CallRecord};
 pub use documents::{Document, Documents, LIST_MAX_LIMIT, NAME_MAX_BYTES};
 pub use error::StoreError;
-pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, Tenants};
+pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, TenantStatus, Tenants};
+
+/// Every table with a `tenant_id` column, children before parents, so
+/// deleting a tenant can remove its rows in order. Modules that add tenant
+/// tables list them in their own constant and add it here.
+pub fn all_tenant_tables() -> impl Iterator<Item = &'static str> {
+    tenant::TENANT_TABLES.iter().copied()
+}
 
 /// Where the state lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -107,6 +114,31 @@ impl Store {
     /// calls on any clone fail.
     pub async fn close(&self) {
         on_backend!(&self.backend, |pool| pool.close().await)
+    }
+
+    /// The tables that actually have a `tenant_id` column, read from the
+    /// database's catalog; tests compare it with [`all_tenant_tables`] so that
+    /// deleting a tenant cannot miss a table.
+    pub async fn tables_with_tenant_column(&self) -> Result<Vec<String>, StoreError> {
+        let backend = self.backend_name();
+        let sql = match self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT m.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND p.name = 'tenant_id' ORDER BY m.name"
+            }
+            Backend::Postgres(_) => {
+                "SELECT table_name::text FROM information_schema.columns \
+                 WHERE column_name = 'tenant_id' AND table_schema = current_schema() ORDER BY 1"
+            }
+        };
+        let names = on_backend!(&self.backend, |pool| sqlx::query_scalar::<_, String>(sql)
+            .fetch_all(pool)
+            .await);
+        names.map_err(|error| StoreError::Database {
+            backend,
+            operation: "listing tenant tables",
+            error,
+        })
     }
 
     /// `"sqlite"` or `"postgres"`.

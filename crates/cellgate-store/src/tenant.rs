@@ -94,7 +94,38 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub created_at_ms: i64,
+    pub status: TenantStatus,
+    /// The plan that selects the tenant's rate limits.
+    pub plan: String,
 }
+
+/// Whether a tenant's calls are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    /// Every call is refused; the data stays.
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// Longest accepted plan name, in bytes.
+const PLAN_MAX_BYTES: usize = 64;
 
 /// Longest accepted tenant display name, in bytes.
 const TENANT_NAME_MAX_BYTES: usize = 255;
@@ -130,11 +161,20 @@ const INSERT_IF_ABSENT: &str = "INSERT INTO tenants (id, name, created_at_ms) VA
 // On conflict DO NOTHING makes RETURNING yield no row, which is how create
 // detects an existing tenant without a second query.
 const INSERT_NEW: &str = "INSERT INTO tenants (id, name, created_at_ms) VALUES ($1, $2, $3) \
-     ON CONFLICT (id) DO NOTHING RETURNING id, name, created_at_ms";
+     ON CONFLICT (id) DO NOTHING RETURNING id, name, created_at_ms, status, plan";
 
-const SELECT_ONE: &str = "SELECT id, name, created_at_ms FROM tenants WHERE id = $1";
+const SELECT_ONE: &str = "SELECT id, name, created_at_ms, status, plan FROM tenants WHERE id = $1";
 
-const SELECT_ALL: &str = "SELECT id, name, created_at_ms FROM tenants ORDER BY id";
+const SELECT_ALL: &str = "SELECT id, name, created_at_ms, status, plan FROM tenants ORDER BY id";
+
+const UPDATE_STATUS: &str = "UPDATE tenants SET status = $2 WHERE id = $1";
+
+const UPDATE_PLAN: &str = "UPDATE tenants SET plan = $2 WHERE id = $1";
+
+/// Tables whose rows belong to a tenant, deleted with it, children first.
+/// A test checks this list against the schema, so a new tenant table cannot
+/// be forgotten here.
+pub(crate) const TENANT_TABLES: &[&str] = &["documents", "call_log"];
 
 impl Tenants {
     /// Creates the tenant unless it exists; returns the stored tenant either
@@ -203,6 +243,97 @@ impl Tenants {
             backend,
             operation: "reading a tenant",
             error,
+        })
+    }
+
+    /// Suspends or resumes a tenant. [`StoreError::UnknownTenant`] if absent.
+    pub async fn set_status(
+        &self,
+        id: &TenantId,
+        status: TenantStatus,
+    ) -> Result<Tenant, StoreError> {
+        self.update(
+            id,
+            UPDATE_STATUS,
+            status.as_str(),
+            "changing a tenant's status",
+        )
+        .await
+    }
+
+    /// Moves a tenant to another plan.
+    pub async fn set_plan(&self, id: &TenantId, plan: &str) -> Result<Tenant, StoreError> {
+        if plan.is_empty() || plan.len() > PLAN_MAX_BYTES || plan.contains('\0') {
+            return Err(StoreError::invalid(
+                "plan",
+                format!("must be 1 to {PLAN_MAX_BYTES} bytes without NUL"),
+            ));
+        }
+        self.update(id, UPDATE_PLAN, plan, "changing a tenant's plan")
+            .await
+    }
+
+    async fn update(
+        &self,
+        id: &TenantId,
+        sql: &'static str,
+        value: &str,
+        operation: &'static str,
+    ) -> Result<Tenant, StoreError> {
+        let backend = self.backend.name();
+        let done = on_backend!(&self.backend, |pool| sqlx::query(sql)
+            .bind(id.as_str())
+            .bind(value)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()));
+        let changed = done.map_err(|error| StoreError::Database {
+            backend,
+            operation,
+            error,
+        })?;
+        if changed == 0 {
+            return Err(StoreError::UnknownTenant { tenant: id.clone() });
+        }
+        self.get(id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownTenant { tenant: id.clone() })
+    }
+
+    /// Deletes a tenant and every row it owns, in one transaction: either all
+    /// of it is gone or nothing is. Returns the number of rows deleted
+    /// besides the tenant itself; [`StoreError::UnknownTenant`] if absent.
+    pub async fn delete(&self, id: &TenantId) -> Result<u64, StoreError> {
+        let backend = self.backend.name();
+        let err = |error| StoreError::Database {
+            backend,
+            operation: "deleting a tenant",
+            error,
+        };
+        on_backend!(&self.backend, |pool| {
+            let mut tx = pool.begin().await.map_err(err)?;
+            let mut rows = 0;
+            for table in crate::all_tenant_tables() {
+                rows += sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?
+                    .rows_affected();
+            }
+            let gone = sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected();
+            if gone == 0 {
+                // Nothing to roll back in practice, but keep it explicit.
+                tx.rollback().await.map_err(err)?;
+                return Err(StoreError::UnknownTenant { tenant: id.clone() });
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(rows)
         })
     }
 

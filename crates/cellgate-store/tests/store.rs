@@ -178,7 +178,109 @@ both_backends!(
     call_log_batches,
     unknown_tenant_writes_fail,
     invalid_inputs_are_rejected,
+    tenants_suspend_plan_and_delete_with_data,
 );
+
+async fn tenants_suspend_plan_and_delete_with_data(store: Store, _: StoreConfig) {
+    use cellgate_store::TenantStatus;
+    let tenants = store.tenants();
+    let acme = tenant(&store, "acme").await;
+    let beta = tenant(&store, "beta").await;
+    let fresh = tenants.get(&acme).await.expect("get").expect("exists");
+    assert_eq!(
+        (fresh.status, fresh.plan.as_str()),
+        (TenantStatus::Active, "default")
+    );
+
+    let s = tenants
+        .set_status(&acme, TenantStatus::Suspended)
+        .await
+        .expect("suspend");
+    assert_eq!(s.status, TenantStatus::Suspended);
+    let p = tenants.set_plan(&acme, "pro").await.expect("plan");
+    assert_eq!(
+        (p.status, p.plan.as_str()),
+        (TenantStatus::Suspended, "pro")
+    );
+    assert_invalid(tenants.set_plan(&acme, "").await, "plan");
+    assert!(matches!(
+        tenants
+            .set_status(&tid("ghost"), TenantStatus::Active)
+            .await,
+        Err(StoreError::UnknownTenant { .. })
+    ));
+
+    // Data in every tenant table, for both tenants.
+    for t in [&acme, &beta] {
+        let scope = store.scope(t);
+        scope
+            .documents()
+            .put("c", "k", &json!({"v": 1}))
+            .await
+            .expect("put");
+        scope
+            .call_log()
+            .append_batch(&[record(1, 1000)])
+            .await
+            .expect("log");
+    }
+    let deleted = tenants.delete(&acme).await.expect("delete");
+    assert!(deleted >= 2, "rows deleted: {deleted}");
+    assert_eq!(tenants.get(&acme).await.expect("get"), None);
+    assert!(matches!(
+        tenants.delete(&acme).await,
+        Err(StoreError::UnknownTenant { .. })
+    ));
+    // The other tenant keeps everything.
+    let beta_scope = store.scope(&beta);
+    assert!(
+        beta_scope
+            .documents()
+            .get("c", "k")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(
+        beta_scope
+            .call_log()
+            .recent(10)
+            .await
+            .expect("recent")
+            .len(),
+        1
+    );
+    // Nothing of acme is left anywhere; recreating it starts empty.
+    let again = tenant(&store, "acme").await;
+    assert!(
+        store
+            .scope(&again)
+            .documents()
+            .get("c", "k")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        store
+            .scope(&again)
+            .call_log()
+            .recent(10)
+            .await
+            .expect("recent")
+            .is_empty()
+    );
+
+    // Every table with a tenant column is deleted with its tenant.
+    let mut listed: Vec<String> = cellgate_store::all_tenant_tables()
+        .map(str::to_owned)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        store.tables_with_tenant_column().await.expect("catalog"),
+        listed
+    );
+}
 
 // ---- helpers ---------------------------------------------------------------
 
