@@ -15,6 +15,7 @@ mod auth;
 mod diagnostic;
 mod env;
 mod inspect;
+mod policy;
 mod types;
 mod validate;
 
@@ -24,6 +25,10 @@ pub use audit::AuditConfig;
 pub use auth::AuthConfig;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use inspect::{FilterConfig, InspectConfig};
+pub use policy::{
+    PermissionRuleConfig, PolicyConfig, RateLimitBackend, RateLimitConfig, RatePlan, RoleSet,
+    RuleKind,
+};
 pub use types::*;
 
 /// The file read when no `--config` is given: `./cellgate.toml`, if present.

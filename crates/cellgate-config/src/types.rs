@@ -32,6 +32,10 @@ pub struct Config {
     pub filter: crate::FilterConfig,
     /// The tamper-evident audit log.
     pub audit: crate::AuditConfig,
+    /// Roles, the permission matrix and tenant rules.
+    pub policy: crate::PolicyConfig,
+    /// Rate limits per tenant, principal and tool.
+    pub rate_limit: crate::RateLimitConfig,
 }
 
 /// HTTP listener and the MCP edge's limits.

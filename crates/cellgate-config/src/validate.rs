@@ -118,6 +118,8 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     config.inspect.validate(&mut p);
     config.filter.validate(&mut p);
     config.audit.validate(&mut p);
+    config.policy.validate(&mut p);
+    config.rate_limit.validate(&mut p);
     p
 }
 

@@ -9,6 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::{CallContext, McpError, Provider, ProviderEvent, Tool};
 
+/// Tool definitions by name.
+type ToolDefs = HashMap<String, Arc<Tool>>;
+
 /// Items per page of a list result.
 pub const PAGE_SIZE: usize = 100;
 
@@ -22,7 +25,7 @@ pub struct Catalog {
     tool_index: RwLock<Option<HashMap<String, usize>>>,
     /// Definitions by name, for layers that need a tool's schema or
     /// annotations (inspection, caching); rebuilt with the index.
-    tool_defs: RwLock<Option<Arc<HashMap<String, Arc<Tool>>>>>,
+    tool_defs: RwLock<Option<Arc<ToolDefs>>>,
     prompt_index: RwLock<Option<HashMap<String, usize>>>,
 }
 
@@ -171,6 +174,19 @@ impl Catalog {
             None => Err(McpError::invalid_params(format!("unknown tool: {name}"))
                 .with_data(json!({ "name": name }))),
         }
+    }
+
+    /// The definition of the tool `name` as its provider lists it (the edge
+    /// reads per-tool protocol settings from it, such as task support).
+    pub async fn find_tool(&self, ctx: &CallContext, name: &str) -> Result<Option<Tool>, McpError> {
+        let Some(i) = self.route(ctx, name, true).await? else {
+            return Ok(None);
+        };
+        Ok(self.providers[i]
+            .list_tools(ctx)
+            .await?
+            .into_iter()
+            .find(|t| t.name == name))
     }
 
     pub async fn list_resources(

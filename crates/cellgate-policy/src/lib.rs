@@ -1,0 +1,32 @@
+//! What a caller may do, and how often.
+//!
+//! - [`Roles`]: role hierarchies with levels and permissions (read, write,
+//!   execute, admin, delegate), built-in sets plus each tenant's own roles.
+//! - [`Matrix`]: the permission matrix, glob rules per tool, prompt or
+//!   resource with a required level or permission, audit and approval flags,
+//!   and optional CEL conditions.
+//! - [`Directory`]: the tenant-side data these need (status, plan, roles,
+//!   rules, role assignments), read from the store and cached.
+//! - [`RateLimiter`]: GCRA limits per tenant, principal and tool, in-process
+//!   ([`MemoryLimiter`]) or shared through Redis ([`RedisLimiter`]).
+//! - The pipeline stages that apply them: [`TenantStage`],
+//!   [`RateLimitStage`], [`AuthorizeStage`].
+//!
+//! It does not authenticate (cellgate-auth establishes the principal) and it
+//! does not inspect content (cellgate-inspect does).
+
+mod cel;
+mod directory;
+mod matrix;
+mod ratelimit;
+mod roles;
+mod stages;
+
+pub use cel::{Condition, ConditionError};
+pub use directory::{Directory, PolicyError, TenantPolicy};
+pub use matrix::{Access, Matrix, Requirement, Rule, RuleError, Target};
+pub use ratelimit::{LimitKey, MemoryLimiter, RateLimiter, RedisLimiter, limit_keys};
+pub use roles::{Permission, Permissions, Role, Roles};
+pub use stages::{
+    AuthorizeStage, RateLimitStage, RequireAuthStage, TOOL_REQUIREMENT_META, TenantStage,
+};
