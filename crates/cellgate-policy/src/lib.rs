@@ -23,10 +23,11 @@ mod roles;
 mod stages;
 
 pub use cel::{Condition, ConditionError};
-pub use directory::{Directory, PolicyError, TenantPolicy};
-pub use matrix::{Access, Matrix, Requirement, Rule, RuleError, Target};
+pub use directory::{Directory, Member, PolicyError, StoredRule, TenantPolicy};
+pub use matrix::{Access, Caller, Matrix, Requirement, Rule, RuleError, Target, check};
 pub use ratelimit::{LimitKey, MemoryLimiter, RateLimiter, RedisLimiter, limit_keys};
 pub use roles::{Permission, Permissions, Role, Roles};
 pub use stages::{
     AuthorizeStage, RateLimitStage, RequireAuthStage, TOOL_REQUIREMENT_META, TenantStage,
+    declared_requirement,
 };

@@ -182,7 +182,9 @@ impl AuthorizeStage {
     }
 }
 
-fn declared(tool: Option<&Map<String, Value>>) -> Option<Permission> {
+/// The permission a tool definition (its fields besides name, description
+/// and input schema) declares through [`TOOL_REQUIREMENT_META`].
+pub fn declared_requirement(tool: Option<&Map<String, Value>>) -> Option<Permission> {
     tool?
         .get("_meta")?
         .get(TOOL_REQUIREMENT_META)?
@@ -235,7 +237,7 @@ impl Stage for AuthorizeStage {
                 }
                 Request::CallTool { name, arguments } => {
                     let tool = self.catalog.tool(&call.ctx, name).await?;
-                    let perm = declared(tool.as_ref().map(|t| &t.extra));
+                    let perm = declared_requirement(tool.as_ref().map(|t| &t.extra));
                     (Target::Tool(name), perm, Value::Object(arguments.clone()))
                 }
                 Request::GetPrompt { name, arguments } => {
@@ -316,7 +318,7 @@ impl Stage for AuthorizeStage {
                     ListKind::Resources | ListKind::Templates => Target::Resource(name),
                 };
                 let perm = match f.kind {
-                    ListKind::Tools => declared(item.as_object()),
+                    ListKind::Tools => declared_requirement(item.as_object()),
                     _ => None,
                 };
                 let req = f.policy.matrix.requirement(&target, perm);
