@@ -10,10 +10,17 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cellgate_config::{Config, StoreBackend};
-use cellgate_kernel::{CallRecord, Catalog, MeterLayer, Metrics, Pipeline, Provider, TraceLayer};
+use cellgate_admin::AdminProvider;
+use cellgate_config::{Config, RateLimitBackend, StoreBackend};
+use cellgate_kernel::{
+    CallRecord, Catalog, MeterLayer, Metrics, Pipeline, Provider, StageLayer, TraceLayer,
+};
 use cellgate_mcp::conformance::ConformanceProvider;
 use cellgate_mcp::{EdgeConfig, McpServer};
+use cellgate_policy::{
+    AuthorizeStage, Directory, MemoryLimiter, RateLimitStage, RateLimiter, RedisLimiter,
+    RequireAuthStage, TenantStage,
+};
 use cellgate_store::{Store, StoreConfig, TenantId};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -63,21 +70,55 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     let store = Store::open(&store_config(config))
         .await
         .with_context(|| format!("opening the store ({})", config.redacted_store_location()))?;
-    let local = TenantId::parse("local").map_err(|e| anyhow::anyhow!("{e}"))?;
-    store
-        .tenants()
-        .ensure(&local, "Local")
-        .await
-        .context("creating the local tenant")?;
+    for (id, name) in [
+        ("local", "Local"),
+        (config.policy.operator_tenant.as_str(), "Operator"),
+    ] {
+        let id = TenantId::parse(id).map_err(|e| anyhow::anyhow!("policy.operator_tenant: {e}"))?;
+        store
+            .tenants()
+            .ensure(&id, name)
+            .await
+            .with_context(|| format!("creating the `{id}` tenant"))?;
+    }
+    let directory = Arc::new(
+        Directory::new(store.clone(), config.policy.clone())
+            .map_err(|e| anyhow::anyhow!("invalid [policy]: {e}"))?,
+    );
 
-    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+    let admin = AdminProvider::new(directory.clone());
+    let mut providers: Vec<Arc<dyn Provider>> = vec![admin.clone()];
     if config.demo.enabled {
         providers.push(ConformanceProvider::new(Duration::from_secs(5)));
     }
+    let catalog = Catalog::new(providers);
+    admin.attach(&catalog);
+
     let metrics = Metrics::new();
     let (records_tx, records_rx) = mpsc::channel::<CallRecord>(8192);
     spawn_call_log_writer(store.clone(), records_rx);
-    let pipeline = Pipeline::builder(Catalog::new(providers))
+
+    // Layers are added from the inside out: the last one added sees a call
+    // first. Meter and audit wrap the security layers so that refused calls
+    // are counted and audited too.
+    let mut builder = Pipeline::builder(catalog.clone()).layer(StageLayer::new(AuthorizeStage {
+        directory: directory.clone(),
+        catalog: catalog.clone(),
+    }));
+    if config.rate_limit.enabled {
+        builder = builder.layer(StageLayer::new(RateLimitStage {
+            directory: directory.clone(),
+            limiter: rate_limiter(config).await?,
+            config: config.rate_limit.clone(),
+        }));
+    }
+    let pipeline = builder
+        .layer(StageLayer::new(TenantStage {
+            directory: directory.clone(),
+        }))
+        .layer(StageLayer::new(RequireAuthStage {
+            required: config.auth.required,
+        }))
         .layer(TraceLayer)
         .layer(MeterLayer::new(metrics.clone()).with_records(records_tx))
         .build();
@@ -86,6 +127,25 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         server,
         store,
         metrics,
+    })
+}
+
+async fn rate_limiter(config: &Config) -> anyhow::Result<Arc<dyn RateLimiter>> {
+    Ok(match config.rate_limit.backend {
+        RateLimitBackend::Memory => Arc::new(MemoryLimiter::new()),
+        RateLimitBackend::Redis => {
+            let url = config.rate_limit.redis_url.as_deref().unwrap_or_default();
+            Arc::new(
+                RedisLimiter::connect(url, "cellgate:rl:")
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "rate_limit.redis_url {}",
+                            cellgate_config::redact_url_password(url)
+                        )
+                    })?,
+            )
+        }
     })
 }
 

@@ -1,6 +1,7 @@
 //! The cellgate binary: command line, configuration, and the wiring of the
 //! edge, pipeline, providers and store into one process.
 
+mod admin;
 mod app;
 mod bench;
 
@@ -25,11 +26,11 @@ struct Cli {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct InstanceArgs {
     /// Configuration file (default: ./cellgate.toml when it exists).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Directory for the embedded database and instance keys
     /// (default: $CELLGATE_DATA_DIR, $XDG_DATA_HOME/cellgate or ~/.local/share/cellgate).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -60,6 +61,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage tenants (runs the administrative tools as the local operator).
+    Tenant {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: admin::TenantCommand,
+    },
     /// Measure calls/s and latency over Streamable HTTP against a bare HTTP baseline.
     Bench(bench::BenchArgs),
     /// Print the version and the protocol revisions this build speaks.
@@ -78,6 +86,14 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // A CLI whose output is piped into `head` should end quietly when the
+    // pipe closes, as other Unix tools do, not panic in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any
+    // thread starts has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -124,6 +140,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Command::Tenant { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(admin::tenant(config, command))
         }
         Command::Serve {
             instance,
