@@ -176,19 +176,6 @@ impl Catalog {
         }
     }
 
-    /// The definition of the tool `name` as its provider lists it (the edge
-    /// reads per-tool protocol settings from it, such as task support).
-    pub async fn find_tool(&self, ctx: &CallContext, name: &str) -> Result<Option<Tool>, McpError> {
-        let Some(i) = self.route(ctx, name, true).await? else {
-            return Ok(None);
-        };
-        Ok(self.providers[i]
-            .list_tools(ctx)
-            .await?
-            .into_iter()
-            .find(|t| t.name == name))
-    }
-
     pub async fn list_resources(
         &self,
         ctx: &CallContext,

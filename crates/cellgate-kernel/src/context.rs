@@ -143,6 +143,26 @@ pub trait ClientPeer: Send + Sync {
     /// Sends a server-to-client request (sampling, elicitation, roots) and
     /// waits for the client's answer.
     fn request(&self, method: &str, params: Value) -> BoxFuture<'static, Result<Value, McpError>>;
+    /// Like [`ClientPeer::request`], under a name the provider chose. In the
+    /// stateless revision (2026-07-28) a request is not sent but returned to
+    /// the client in an input-required result keyed by this name, and the
+    /// answer comes back under it when the client retries; transports with a
+    /// live connection ignore the name.
+    fn request_named(
+        &self,
+        _key: &str,
+        method: &str,
+        params: Value,
+    ) -> BoxFuture<'static, Result<Value, McpError>> {
+        self.request(method, params)
+    }
+    /// Offers to finish the call in the background as a task (the tasks
+    /// extension). Returns true when the client has been answered with a task
+    /// and the call now runs detached; false when the call goes on in the
+    /// foreground as before (no tasks support, or already detached).
+    fn continue_in_background(&self) -> bool {
+        false
+    }
     /// Whether a log message of `level` passes the client's `logging/setLevel`.
     fn log_enabled(&self, _level: LogLevel) -> bool {
         true
@@ -246,30 +266,68 @@ impl CallContext {
 
     /// Asks the client's model for a completion (`sampling/createMessage`).
     pub async fn sample(&self, params: Value) -> Result<Value, McpError> {
-        self.ask("sampling", "sampling/createMessage", params).await
+        self.ask(None, "sampling", "sampling/createMessage", params)
+            .await
     }
 
     /// Asks the user for input (`elicitation/create`).
     pub async fn elicit(&self, params: Value) -> Result<Value, McpError> {
-        self.ask("elicitation", "elicitation/create", params).await
+        self.ask(None, "elicitation", "elicitation/create", params)
+            .await
     }
 
     /// Asks the client for its roots (`roots/list`).
     pub async fn list_roots(&self) -> Result<Value, McpError> {
-        self.ask("roots", "roots/list", json!({})).await
+        self.ask(None, "roots", "roots/list", json!({})).await
     }
 
-    async fn ask(&self, capability: &str, method: &str, params: Value) -> Result<Value, McpError> {
+    /// [`CallContext::sample`] under a name of the provider's choosing (see
+    /// [`ClientPeer::request_named`]); asks made concurrently with distinct
+    /// names reach a stateless client together, in one round.
+    pub async fn sample_named(&self, key: &str, params: Value) -> Result<Value, McpError> {
+        self.ask(Some(key), "sampling", "sampling/createMessage", params)
+            .await
+    }
+
+    /// [`CallContext::elicit`] under a name of the provider's choosing.
+    pub async fn elicit_named(&self, key: &str, params: Value) -> Result<Value, McpError> {
+        self.ask(Some(key), "elicitation", "elicitation/create", params)
+            .await
+    }
+
+    /// [`CallContext::list_roots`] under a name of the provider's choosing.
+    pub async fn list_roots_named(&self, key: &str) -> Result<Value, McpError> {
+        self.ask(Some(key), "roots", "roots/list", json!({})).await
+    }
+
+    /// Offers to finish this call in the background (see
+    /// [`ClientPeer::continue_in_background`]). A provider calls it before
+    /// slow work; whether or not a task was created, it simply carries on.
+    pub fn continue_in_background(&self) -> bool {
+        self.peer.continue_in_background()
+    }
+
+    async fn ask(
+        &self,
+        key: Option<&str>,
+        capability: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, McpError> {
         if !self.client_supports(capability) {
-            return Err(McpError::new(
-                crate::codes::INVALID_REQUEST,
+            return Err(McpError::missing_capability(
                 format!(
                     "the client did not declare the `{capability}` capability, so `{method}` cannot be sent"
                 ),
+                json!({ capability: {} }),
             ));
         }
+        let answer = match key {
+            Some(key) => self.peer.request_named(key, method, params),
+            None => self.peer.request(method, params),
+        };
         tokio::select! {
-            r = self.peer.request(method, params) => r,
+            r = answer => r,
             _ = self.cancel.cancelled() => Err(McpError::cancelled(format!("{method}: the call was cancelled"))),
         }
     }

@@ -14,6 +14,13 @@ pub mod codes {
     pub const REQUEST_CANCELLED: i64 = -32800;
     /// Implementation-defined: the server refused the request in its current state.
     pub const SERVER_ERROR: i64 = -32000;
+    /// MCP 2026-07-28: serving the request needs a client capability the
+    /// client did not declare; `data.requiredCapabilities` names it.
+    pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
+    /// MCP 2026-07-28: HTTP headers disagree with the request body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28: the request's protocol revision is not one we speak.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
     /// cellgate: no valid credential (HTTP 401 where the transport has statuses).
     pub const UNAUTHENTICATED: i64 = -32001;
     /// cellgate: authenticated, but not allowed (HTTP 403).
@@ -93,5 +100,11 @@ impl McpError {
     }
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(codes::REQUEST_CANCELLED, message)
+    }
+    /// The client did not declare what serving the request needs;
+    /// `required` is a `ClientCapabilities` object such as `{"sampling": {}}`.
+    pub fn missing_capability(message: impl Into<String>, required: serde_json::Value) -> Self {
+        Self::new(codes::MISSING_REQUIRED_CLIENT_CAPABILITY, message)
+            .with_data(serde_json::json!({ "requiredCapabilities": required }))
     }
 }

@@ -113,12 +113,22 @@ fn tools() -> Vec<Tool> {
         Tool::new("test_elicitation_sep1330_enums", "Tests elicitation with enum schema improvements per SEP-1330", empty_schema()),
         Tool::new(
             "json_schema_2020_12_tool",
-            "Tool with JSON Schema 2020-12 features for conformance testing (SEP-1613)",
+            "Tool with JSON Schema 2020-12 features for conformance testing (SEP-1613, SEP-2106)",
             json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
-                "$defs": { "address": { "type": "object", "properties": { "street": { "type": "string" }, "city": { "type": "string" } } } },
-                "properties": { "name": { "type": "string" }, "address": { "$ref": "#/$defs/address" } },
+                "$defs": { "address": { "$anchor": "addressDef", "type": "object", "properties": { "street": { "type": "string" }, "city": { "type": "string" } } } },
+                "properties": {
+                    "name": { "type": "string" },
+                    "address": { "$ref": "#/$defs/address" },
+                    "contactMethod": { "type": "string", "enum": ["phone", "email"] },
+                    "phone": { "type": "string" },
+                    "email": { "type": "string" }
+                },
+                "allOf": [{ "anyOf": [{ "required": ["phone"] }, { "required": ["email"] }] }],
+                "if": { "properties": { "contactMethod": { "const": "phone" } }, "required": ["contactMethod"] },
+                "then": { "required": ["phone"] },
+                "else": { "required": ["email"] },
                 "additionalProperties": false
             }),
         ),
@@ -133,7 +143,72 @@ fn tools() -> Vec<Tool> {
             json!({ "type": "object", "properties": { "text": { "type": "string" }, "length": { "type": "integer" } }, "required": ["text", "length"] }),
         )
         .with("annotations", read_only()),
+        Tool::new(
+            "test_custom_header",
+            "Routes by region; the region travels in the Mcp-Param-Region header too (SEP-2243)",
+            json!({ "type": "object", "properties": { "region": { "type": "string", "x-mcp-header": "Region" } }, "required": ["region"] }),
+        )
+        .with("annotations", read_only()),
+        Tool::new("test_logging_tool", "Logs at info and warning level while it runs", empty_schema()),
+        Tool::new("test_missing_capability", "Needs sampling: refuses clients that did not declare it", empty_schema()),
+        Tool::new("test_streaming_elicitation", "Reports progress, then asks the user to confirm", empty_schema()),
+        Tool::new("test_trigger_tool_change", "Announces that the tool list changed", empty_schema()),
+        Tool::new("test_trigger_prompt_change", "Announces that the prompt list changed", empty_schema()),
+        Tool::new("test_input_required_result_elicitation", "Asks the user for their name (input-required round)", empty_schema()),
+        Tool::new("test_input_required_result_sampling", "Asks the client's model a question (input-required round)", empty_schema()),
+        Tool::new("test_input_required_result_list_roots", "Asks the client for its roots (input-required round)", empty_schema()),
+        Tool::new("test_input_required_result_request_state", "Asks for a confirmation carried over in requestState", empty_schema()),
+        Tool::new("test_input_required_result_multiple_inputs", "Asks for a name, a greeting and the roots at once", empty_schema()),
+        Tool::new("test_input_required_result_multi_round", "Asks two questions, one per round", empty_schema()),
+        Tool::new("test_input_required_result_tampered_state", "Asks for a confirmation; the state must come back intact", empty_schema()),
+        Tool::new("test_input_required_result_capabilities", "Asks only what the client declared it can answer", empty_schema()),
+        Tool::new("greet", "Greets by name (always answers at once)", json!({ "type": "object", "properties": { "name": { "type": "string" } }, "required": ["name"] })),
+        task_tool(
+            "slow_compute",
+            "Works for `seconds` seconds, as a task when the client supports tasks",
+            json!({ "type": "object", "properties": { "seconds": { "type": "number", "minimum": 0 }, "label": { "type": "string" } } }),
+            "optional",
+        ),
+        task_tool("failing_job", "Runs as a task and ends with a tool error", empty_schema(), "required"),
+        task_tool("protocol_error_job", "Runs as a task and ends with a protocol error", empty_schema(), "optional"),
+        task_tool(
+            "confirm_delete",
+            "Asks the user to confirm deleting a file, as a task",
+            json!({ "type": "object", "properties": { "filename": { "type": "string" } }, "required": ["filename"] }),
+            "optional",
+        ),
+        task_tool("multi_input", "Asks two questions at once, as a task", empty_schema(), "optional"),
+        task_tool(
+            "test_tool_with_task",
+            "Asks for the user's name, then finishes the work as a task",
+            empty_schema(),
+            "required",
+        ),
     ]
+}
+
+fn task_tool(name: &str, description: &str, schema: Value, support: &str) -> Tool {
+    Tool::new(name, description, schema).with("execution", json!({ "taskSupport": support }))
+}
+
+fn name_schema(field: &str) -> Value {
+    json!({ "type": "object", "properties": { field: { "type": "string" } }, "required": [field] })
+}
+
+fn elicit_params(message: &str, schema: Value) -> Value {
+    json!({ "message": message, "requestedSchema": schema })
+}
+
+fn sampling_params(prompt: &str, max_tokens: u32) -> Value {
+    json!({ "messages": [{ "role": "user", "content": { "type": "text", "text": prompt } }], "maxTokens": max_tokens })
+}
+
+/// The text of a sampling answer.
+fn sampled_text(r: &Value) -> &str {
+    r.pointer("/content/text")
+        .or_else(|| r.pointer("/content/0/text"))
+        .and_then(Value::as_str)
+        .unwrap_or("No response")
 }
 
 fn elicitation_text(prefix: &str, r: Result<Value, McpError>) -> Value {
@@ -221,18 +296,9 @@ impl ConformanceProvider {
                     Ok(p) => p,
                     Err(e) => return Ok(e),
                 };
-                let r = ctx
-                    .sample(json!({ "messages": [{ "role": "user", "content": { "type": "text", "text": prompt } }], "maxTokens": 100 }))
-                    .await;
+                let r = ctx.sample(sampling_params(prompt, 100)).await;
                 match r {
-                    Ok(r) => {
-                        let reply = r
-                            .pointer("/content/text")
-                            .or_else(|| r.pointer("/content/0/text"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("No response");
-                        ok_text(format!("LLM response: {reply}"))
-                    }
+                    Ok(r) => ok_text(format!("LLM response: {}", sampled_text(&r))),
                     Err(e) => tool_error(format!("Sampling not supported or error: {}", e.message)),
                 }
             }
@@ -292,6 +358,235 @@ impl ConformanceProvider {
                     "JSON Schema 2020-12 tool called with: {}",
                     Value::Object(args)
                 ))
+            }
+            "test_custom_header" => {
+                let region = match string_arg(&args, "region") {
+                    Ok(r) => r,
+                    Err(e) => return Ok(e),
+                };
+                ok_text(format!("Routed to region {region}"))
+            }
+            "test_logging_tool" => {
+                ctx.log(
+                    LogLevel::Info,
+                    Some("conformance"),
+                    json!("logging tool started"),
+                );
+                ctx.log(
+                    LogLevel::Warning,
+                    Some("conformance"),
+                    json!("logging tool warning"),
+                );
+                ok_text("Logging tool finished")
+            }
+            "test_missing_capability" => {
+                let r = ctx.sample(sampling_params("Say hello", 20)).await?;
+                ok_text(format!("LLM response: {}", sampled_text(&r)))
+            }
+            "test_streaming_elicitation" => {
+                ctx.progress(0.0, Some(1.0), Some("asking for confirmation"));
+                let r = ctx
+                    .elicit_named("confirm", elicit_params("Continue?", json!({ "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"] })))
+                    .await;
+                elicitation_text("Confirmation", r)
+            }
+            "test_trigger_tool_change" | "test_trigger_prompt_change" => {
+                let ev = if name == "test_trigger_tool_change" {
+                    ProviderEvent::ToolsChanged
+                } else {
+                    ProviderEvent::PromptsChanged
+                };
+                let _ = self.events.send(ev);
+                ok_text("List change announced")
+            }
+            "test_input_required_result_elicitation" => {
+                let r = ctx
+                    .elicit_named(
+                        "user_name",
+                        elicit_params("What is your name?", name_schema("name")),
+                    )
+                    .await?;
+                ok_text(format!(
+                    "Hello, {}!",
+                    r.pointer("/content/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("stranger")
+                ))
+            }
+            "test_input_required_result_sampling" => {
+                let r = ctx
+                    .sample_named(
+                        "capital_question",
+                        sampling_params("What is the capital of France?", 100),
+                    )
+                    .await?;
+                ok_text(format!("LLM response: {}", sampled_text(&r)))
+            }
+            "test_input_required_result_list_roots" => {
+                let r = ctx.list_roots_named("client_roots").await?;
+                let uris: Vec<&str> = r["roots"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x["uri"].as_str()).collect())
+                    .unwrap_or_default();
+                ok_text(format!("Client roots: {}", uris.join(", ")))
+            }
+            "test_input_required_result_request_state"
+            | "test_input_required_result_tampered_state" => {
+                let r = ctx
+                    .elicit_named("confirm", elicit_params("Please confirm", json!({ "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"] })))
+                    .await?;
+                let ok = r
+                    .pointer("/content/ok")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                ok_text(format!("Confirmation received: ok={ok}"))
+            }
+            "test_input_required_result_multiple_inputs" => {
+                let (name, greeting, roots) = tokio::join!(
+                    ctx.elicit_named(
+                        "user_name",
+                        elicit_params("What is your name?", name_schema("name"))
+                    ),
+                    ctx.sample_named("greeting", sampling_params("Generate a greeting", 50)),
+                    ctx.list_roots_named("client_roots"),
+                );
+                let (name, greeting, roots) = (name?, greeting?, roots?);
+                ok_text(format!(
+                    "{} {} (roots: {})",
+                    sampled_text(&greeting),
+                    name.pointer("/content/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("stranger"),
+                    roots["roots"].as_array().map_or(0, Vec::len)
+                ))
+            }
+            "test_input_required_result_multi_round" => {
+                let n = ctx
+                    .elicit_named(
+                        "step1",
+                        elicit_params("Step 1: What is your name?", name_schema("name")),
+                    )
+                    .await?;
+                let c = ctx
+                    .elicit_named(
+                        "step2",
+                        elicit_params("Step 2: What is your favorite color?", name_schema("color")),
+                    )
+                    .await?;
+                ok_text(format!(
+                    "{} likes {}",
+                    n.pointer("/content/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("someone"),
+                    c.pointer("/content/color")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no color")
+                ))
+            }
+            "test_input_required_result_capabilities" => {
+                // Only ask what the client declared it can answer.
+                let mut answers = Vec::new();
+                if ctx.client_supports("sampling") {
+                    let r = ctx
+                        .sample_named("capability_sample", sampling_params("Say hello", 20))
+                        .await?;
+                    answers.push(format!("sampled: {}", sampled_text(&r)));
+                }
+                if ctx.client_supports("elicitation") {
+                    let r = ctx
+                        .elicit_named(
+                            "capability_elicit",
+                            elicit_params("What is your name?", name_schema("name")),
+                        )
+                        .await?;
+                    answers.push(format!("elicited: {}", r["action"].as_str().unwrap_or("?")));
+                }
+                if answers.is_empty() {
+                    answers.push("the client declared nothing to ask".into());
+                }
+                ok_text(answers.join("; "))
+            }
+            "greet" => {
+                let n = match string_arg(&args, "name") {
+                    Ok(n) => n,
+                    Err(e) => return Ok(e),
+                };
+                ok_text(format!("Hello, {n}!"))
+            }
+            "slow_compute" => {
+                let seconds = args
+                    .get("seconds")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(1.0)
+                    .max(0.0);
+                let label = args.get("label").and_then(Value::as_str).unwrap_or("job");
+                if seconds > 0.0 {
+                    ctx.continue_in_background();
+                    tokio::time::sleep(Duration::from_secs_f64(seconds.min(3600.0))).await;
+                }
+                ok_text(format!("Computed {label} in {seconds}s"))
+            }
+            "failing_job" => {
+                ctx.continue_in_background();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                tool_error("failing_job failed on purpose")
+            }
+            "protocol_error_job" => {
+                ctx.continue_in_background();
+                return Err(McpError::internal("protocol_error_job broke on purpose"));
+            }
+            "confirm_delete" => {
+                let file = match string_arg(&args, "filename") {
+                    Ok(f) => f,
+                    Err(e) => return Ok(e),
+                };
+                ctx.continue_in_background();
+                let r = ctx
+                    .elicit_named("confirm", elicit_params(&format!("Delete {file}?"), json!({ "type": "object", "properties": { "confirm": { "type": "boolean" } }, "required": ["confirm"] })))
+                    .await?;
+                let yes =
+                    r["action"] == "accept" && r.pointer("/content/confirm") == Some(&json!(true));
+                ok_text(if yes {
+                    format!("Deleted {file}")
+                } else {
+                    format!("Kept {file}")
+                })
+            }
+            "multi_input" => {
+                ctx.continue_in_background();
+                let (a, b) = tokio::join!(
+                    ctx.elicit_named("first", elicit_params("First answer?", name_schema("name"))),
+                    ctx.elicit_named(
+                        "second",
+                        elicit_params("Second answer?", name_schema("name"))
+                    ),
+                );
+                let (a, b) = (a?, b?);
+                ok_text(format!(
+                    "Answers: {} and {}",
+                    a.pointer("/content/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?"),
+                    b.pointer("/content/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                ))
+            }
+            "test_tool_with_task" => {
+                let r = ctx
+                    .elicit_named(
+                        "user_name",
+                        elicit_params("What is your name?", name_schema("name")),
+                    )
+                    .await?;
+                let who = r
+                    .pointer("/content/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stranger")
+                    .to_owned();
+                ctx.continue_in_background();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ok_text(format!("Hello, {who}! The task is done."))
             }
             "echo" => {
                 let t = match string_arg(&args, "text") {
@@ -449,13 +744,19 @@ impl Provider for ConformanceProvider {
                 Prompt::new("test_prompt_with_image")
                     .with("title", json!("Prompt With Image"))
                     .with("description", json!("A prompt that includes image content")),
+                Prompt::new("test_input_required_result_prompt")
+                    .with("title", json!("Prompt That Asks"))
+                    .with(
+                        "description",
+                        json!("Asks the user what context to use before it is built"),
+                    ),
             ])
         })
     }
 
     fn get_prompt<'a>(
         &'a self,
-        _ctx: &'a CallContext,
+        ctx: &'a CallContext,
         name: &'a str,
         args: Map<String, Value>,
     ) -> BoxFuture<'a, Result<Value, McpError>> {
@@ -483,6 +784,22 @@ impl Provider for ConformanceProvider {
                         user(json!({ "type": "resource", "resource": { "uri": uri, "mimeType": "text/plain", "text": "Embedded resource content for testing." } })),
                         user(text("Please process the embedded resource above."))
                     ] })
+                }
+                "test_input_required_result_prompt" => {
+                    let r = ctx
+                        .elicit_named(
+                            "user_context",
+                            elicit_params(
+                                "What context should the prompt use?",
+                                name_schema("context"),
+                            ),
+                        )
+                        .await?;
+                    let context = r
+                        .pointer("/content/context")
+                        .and_then(Value::as_str)
+                        .unwrap_or("none");
+                    json!({ "messages": [user(text(format!("Use this context: {context}")))] })
                 }
                 "test_prompt_with_image" => json!({ "messages": [
                     user(json!({ "type": "image", "data": TEST_IMAGE_BASE64, "mimeType": "image/png" })),

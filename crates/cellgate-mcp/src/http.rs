@@ -15,8 +15,9 @@ use cellgate_kernel::McpError;
 use futures_util::stream::{self, Stream};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio_util::sync::DropGuard;
 
-use crate::jsonrpc::{self, Message, Payload, Rejection};
+use crate::jsonrpc::{self, Message, Payload};
 use crate::protocol;
 use crate::server::McpServer;
 use crate::session::{Frame, Outbound, Session, TransportKind, parse_event_id};
@@ -50,16 +51,16 @@ fn rpc_error(status: StatusCode, id: Value, error: McpError) -> Response {
     json_response(status, &jsonrpc::response(&id, Err(error)))
 }
 
-pub(crate) fn json_ok(body: &Value) -> Response {
-    json_response(StatusCode::OK, body)
+pub(crate) fn json_status(status: StatusCode, body: &Value) -> Response {
+    json_response(status, body)
 }
 
-pub(crate) fn bad_request(id: Value, error: McpError) -> Response {
-    rpc_error(StatusCode::BAD_REQUEST, id, error)
-}
+/// A request refused before it reaches the server; boxed because a
+/// `Response` is large and these are the rare path.
+type Refusal = Box<Response>;
 
-fn plain_error(status: StatusCode, code: i64, message: String) -> Response {
-    rpc_error(status, Value::Null, McpError::new(code, message))
+fn plain_error(status: StatusCode, code: i64, message: String) -> Refusal {
+    Box::new(rpc_error(status, Value::Null, McpError::new(code, message)))
 }
 
 // ---------- request checks ----------
@@ -101,7 +102,7 @@ fn host_without_port(host: &str) -> &str {
 
 /// DNS-rebinding protection: the Host must be loopback or configured, and a
 /// browser's Origin, when present, must be loopback or configured.
-fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), Response> {
+fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), Refusal> {
     let cfg = &server.config;
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
@@ -138,7 +139,7 @@ fn check_origin_and_host(server: &McpServer, headers: &HeaderMap) -> Result<(), 
     Ok(())
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -170,26 +171,77 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
         })
 }
 
-fn check_version_header(headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let Some(v) = headers.get(VERSION_HEADER) else {
-        return Ok(None);
-    };
-    let v = v.to_str().unwrap_or("");
-    if protocol::is_supported(v) {
-        Ok(Some(v.to_owned()))
-    } else {
-        Err(plain_error(
+fn header_version(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("").trim().to_owned())
+}
+
+/// A session request's `MCP-Protocol-Version` must name a revision we speak.
+fn check_version_header(version: Option<&str>, id: Value) -> Result<(), Refusal> {
+    match version {
+        Some(v) if !protocol::is_supported(v) => Err(Box::new(rpc_error(
             StatusCode::BAD_REQUEST,
-            -32600,
-            format!(
-                "MCP-Protocol-Version {v:?} is not supported; supported: {}",
-                protocol::ALL_VERSIONS.join(", ")
+            id,
+            McpError::new(
+                -32600,
+                format!(
+                    "MCP-Protocol-Version {v:?} is not supported; supported: {}",
+                    protocol::ALL_VERSIONS.join(", ")
+                ),
             ),
-        ))
+        ))),
+        _ => Ok(()),
     }
 }
 
-async fn read_body(server: &McpServer, req: Request) -> Result<Bytes, Response> {
+/// One media range of an Accept header, with its weight and position.
+fn accept_weight(headers: &HeaderMap, media: &str) -> Option<(f32, usize)> {
+    let (kind, _) = media.split_once('/').unwrap_or((media, ""));
+    let mut best: Option<(f32, usize, u8)> = None;
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    for (pos, range) in ranges.enumerate() {
+        let mut parts = range.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        // A more specific range decides over a wildcard (RFC 9110 §12.5.1).
+        let specificity = if name == media {
+            3
+        } else if name == format!("{kind}/*") {
+            2
+        } else if name == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(_, _, s)| specificity > s) {
+            best = Some((q, pos, specificity));
+        }
+    }
+    best.map(|(q, pos, _)| (q, pos))
+}
+
+/// Whether a POST's answer should be an SSE stream even when it is a single
+/// message: the client prefers `text/event-stream` over `application/json`
+/// (a higher q-value, or the same q-value and listed first).
+fn prefers_sse(headers: &HeaderMap) -> bool {
+    match (
+        accept_weight(headers, "text/event-stream"),
+        accept_weight(headers, "application/json"),
+    ) {
+        (Some((qs, ps)), Some((qj, pj))) => qs > qj || (qs == qj && qs > 0.0 && ps < pj),
+        _ => false,
+    }
+}
+
+async fn read_body(server: &McpServer, req: Request) -> Result<Bytes, Refusal> {
     let limit = server.config.max_body_bytes;
     let too_big = || {
         plain_error(
@@ -212,7 +264,7 @@ async fn read_body(server: &McpServer, req: Request) -> Result<Bytes, Response> 
         .map_err(|_| too_big())
 }
 
-fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<Session>, Refusal> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(plain_error(
             StatusCode::BAD_REQUEST,
@@ -254,12 +306,21 @@ fn priming(id: &str, retry: Duration) -> Bytes {
     ))
 }
 
+/// An SSE answer. `guard`, if any, lives as long as the body: dropping the
+/// connection drops it.
 fn sse_response(
     head: Vec<Bytes>,
     rx: mpsc::UnboundedReceiver<Frame>,
     keep_alive: bool,
+    guard: Option<DropGuard>,
 ) -> Response {
-    let body = stream::iter(head.into_iter().map(Ok::<_, Infallible>)).chain_frames(rx, keep_alive);
+    use futures_util::StreamExt;
+    let body = stream::iter(head.into_iter().map(Ok::<_, Infallible>))
+        .chain_frames(rx, keep_alive)
+        .map(move |item| {
+            let _alive = &guard;
+            item
+        });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -329,41 +390,69 @@ impl Outbound for UnrelatedStream {
 async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Response {
     let headers = req.headers().clone();
     if let Err(r) = check_origin_and_host(&server, &headers) {
-        return r;
+        return *r;
     }
     if let Err(r) = check_content_type(&headers) {
-        return r;
+        return *r;
     }
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
-        return plain_error(
+        return *plain_error(
             StatusCode::NOT_ACCEPTABLE,
             -32600,
             "Accept must list both application/json and text/event-stream".into(),
         );
     }
-    let header_version = match check_version_header(&headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let prefer_sse = prefers_sse(&headers);
+    let header_version = header_version(&headers);
+    if headers.contains_key(SESSION_HEADER)
+        && let Err(r) = check_version_header(header_version.as_deref(), Value::Null)
+    {
+        // A session request is never stateless: refuse before reading the body.
+        return *r;
+    }
     let body = match read_body(&server, req).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let payload = match jsonrpc::parse(&body, server.config.max_json_depth) {
         Ok(p) => p,
-        Err(Rejection { id, error }) => return rpc_error(StatusCode::BAD_REQUEST, id, error),
+        Err(r) => return rpc_error(StatusCode::BAD_REQUEST, r.id, r.error),
     };
 
     let msg = match payload {
         Payload::Single(m) => m,
         Payload::Batch(items) => {
+            if let Err(r) = check_version_header(header_version.as_deref(), Value::Null) {
+                return *r;
+            }
             let session = match session_from_headers(&server, &headers) {
                 Ok(s) => s,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             return post_batch(server, session, items).await;
         }
     };
+
+    // Stateless requests carry their revision in the body; they are checked
+    // against the header there, with the request's id in the answer.
+    if let Some(r) = crate::stateless::try_handle(
+        &server,
+        &headers,
+        header_version.as_deref(),
+        &msg,
+        prefer_sse,
+    )
+    .await
+    {
+        return r;
+    }
+    let id = match &msg {
+        Message::Request { id, .. } => id.clone(),
+        _ => Value::Null,
+    };
+    if let Err(r) = check_version_header(header_version.as_deref(), id) {
+        return *r;
+    }
 
     if let Message::Request { id, method, params } = &msg
         && method == "initialize"
@@ -379,18 +468,15 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
         }
         return initialize(server, id.clone(), params.clone().unwrap_or_default()).await;
     }
-    if let Some(r) =
-        crate::stateless::try_handle(&server, &headers, header_version.as_deref(), &msg).await
-    {
-        return r;
-    }
 
     let session = match session_from_headers(&server, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match msg {
-        Message::Request { .. } => post_request(server, session, msg).await,
+        Message::Request { .. } => {
+            run_request(server, session, msg, Mode::Session, prefer_sse).await
+        }
         other => {
             let out: Arc<dyn Outbound> = Arc::new(UnrelatedStream(session.clone()));
             server.handle_message(&session, other, out).await;
@@ -427,11 +513,12 @@ async fn initialize(
     r
 }
 
-/// Runs one request. Answers with plain JSON when the result comes before
-/// any other message (the common case); otherwise switches to an SSE stream
-/// that starts with a priming event, so the client can resume it.
-async fn post_request(server: Arc<McpServer>, session: Arc<Session>, msg: Message) -> Response {
-    run_request(server, session, msg, false).await
+/// Whether a POST belongs to a session (its stream stays resumable when the
+/// client drops it) or stands alone (a dropped connection cancels the call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Session,
+    Stateless,
 }
 
 /// A stateless request runs in a throwaway session that is never registered.
@@ -439,42 +526,59 @@ pub(crate) async fn stateless_request(
     server: Arc<McpServer>,
     session: Arc<Session>,
     msg: Message,
+    prefer_sse: bool,
 ) -> Response {
-    run_request(server, session, msg, true).await
+    run_request(server, session, msg, Mode::Stateless, prefer_sse).await
 }
 
+/// Runs one request. Answers with plain JSON when the result comes before
+/// any other message (the common case) and the client does not prefer SSE;
+/// otherwise with an SSE stream that starts with a priming event, so the
+/// client can resume it.
 async fn run_request(
     server: Arc<McpServer>,
     session: Arc<Session>,
     msg: Message,
-    stateless: bool,
+    mode: Mode,
+    prefer_sse: bool,
 ) -> Response {
     let (stream, mut rx) = session.open_stream();
     let out: Arc<dyn Outbound> = Arc::new(PostStream {
         session: session.clone(),
         stream,
     });
+    // For a stateless request the connection is the call's lifetime: if the
+    // client goes away (this future or the SSE body is dropped), it ends.
+    let guard = (mode == Mode::Stateless).then(|| session.closed.clone().drop_guard());
     {
         let server = server.clone();
         let session = session.clone();
         tokio::spawn(async move {
             match server.handle_message(&session, msg, out).await {
-                Some(resp) if stateless => {
-                    session.push_event(stream, &crate::stateless::mark_complete(resp), true)
-                }
                 Some(resp) => session.push_event(stream, &resp, true),
                 None => session.finish_stream(stream),
             }
         });
     }
     let first = rx.recv().await;
-    if let Some(Frame::Event {
-        data, last: true, ..
-    }) = &first
+    if !prefer_sse
+        && let Some(Frame::Event {
+            data, last: true, ..
+        }) = &first
     {
         session.drop_stream(stream);
+        if let Some(g) = guard {
+            g.disarm();
+        }
+        let status = match mode {
+            Mode::Stateless => serde_json::from_str::<Value>(data)
+                .ok()
+                .and_then(|v| v.pointer("/error/code").and_then(Value::as_i64))
+                .map_or(StatusCode::OK, crate::stateless::http_status),
+            Mode::Session => StatusCode::OK,
+        };
         return (
-            StatusCode::OK,
+            status,
             [(header::CONTENT_TYPE, "application/json")],
             data.to_string(),
         )
@@ -484,20 +588,20 @@ async fn run_request(
         &session.event_id(stream, 0),
         server.config.sse_retry,
     )];
-    match first {
-        Some(Frame::Event { id, data, .. }) => head.push(sse_event(&id, &data)),
-        Some(Frame::End) | None => {
-            let (_tx, closed) = mpsc::unbounded_channel();
-            return sse_response(head, closed, false);
+    let rx = match first {
+        Some(Frame::Event { id, data, .. }) => {
+            head.push(sse_event(&id, &data));
+            rx
         }
-    }
-    sse_response(head, rx, false)
+        Some(Frame::End) | None => mpsc::unbounded_channel().1,
+    };
+    sse_response(head, rx, false, guard)
 }
 
 async fn post_batch(
     server: Arc<McpServer>,
     session: Arc<Session>,
-    items: Vec<Result<Message, (Value, McpError)>>,
+    items: Vec<Result<Message, Box<crate::jsonrpc::Rejection>>>,
 ) -> Response {
     let version = session.version();
     if !protocol::allows_batches(&version) {
@@ -525,7 +629,7 @@ async fn post_batch(
                     ))
                 }
                 Ok(m) => server.handle_message(&session, m, out).await,
-                Err((id, e)) => Some(jsonrpc::response(&id, Err(e))),
+                Err(r) => Some(jsonrpc::response(&r.id, Err(r.error))),
             }
         }
     });
@@ -543,34 +647,34 @@ async fn post_batch(
 
 async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_origin_and_host(&server, &headers) {
-        return r;
+        return *r;
     }
     if !accepts(&headers, "text/event-stream") {
-        return plain_error(
+        return *plain_error(
             StatusCode::NOT_ACCEPTABLE,
             -32600,
             "Accept must include text/event-stream".into(),
         );
     }
-    if let Err(r) = check_version_header(&headers) {
-        return r;
+    if let Err(r) = check_version_header(header_version(&headers).as_deref(), Value::Null) {
+        return *r;
     }
     let session = match session_from_headers(&server, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let retry = server.config.sse_retry;
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         let last = last.to_str().unwrap_or("");
         let Some((stream, seq)) = parse_event_id(last) else {
-            return plain_error(
+            return *plain_error(
                 StatusCode::BAD_REQUEST,
                 -32600,
                 format!("Last-Event-ID {last:?} was not issued by this server"),
             );
         };
         let Some(rx) = session.attach(stream, seq) else {
-            return plain_error(
+            return *plain_error(
                 StatusCode::NOT_FOUND,
                 -32001,
                 format!("stream of event {last:?} is no longer available"),
@@ -580,6 +684,7 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
             vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))],
             rx,
             stream == 0,
+            None,
         );
     }
     let position = session.stream_position(0);
@@ -590,16 +695,17 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
         vec![priming(&session.event_id(0, position), retry)],
         rx,
         true,
+        None,
     )
 }
 
 async fn delete_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_origin_and_host(&server, &headers) {
-        return r;
+        return *r;
     }
     let session = match session_from_headers(&server, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     server.sessions.remove(&session.id);
     StatusCode::NO_CONTENT.into_response()
@@ -635,7 +741,7 @@ impl Drop for LegacyGuard {
 
 async fn legacy_sse(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
     if let Err(r) = check_origin_and_host(&server, &headers) {
-        return r;
+        return *r;
     }
     let session = Session::new(TransportKind::LegacySse, server.config.sse_history);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -687,13 +793,13 @@ async fn legacy_post(
 ) -> Response {
     let headers = req.headers().clone();
     if let Err(r) = check_origin_and_host(&server, &headers) {
-        return r;
+        return *r;
     }
     if let Err(r) = check_content_type(&headers) {
-        return r;
+        return *r;
     }
     let Some(id) = q.session_id else {
-        return plain_error(
+        return *plain_error(
             StatusCode::BAD_REQUEST,
             -32000,
             "query parameter sessionId is required".into(),
@@ -702,7 +808,7 @@ async fn legacy_post(
     let session = match server.sessions.get(&id) {
         Some(s) if s.transport == TransportKind::LegacySse => s,
         _ => {
-            return plain_error(
+            return *plain_error(
                 StatusCode::NOT_FOUND,
                 -32001,
                 "session not found: open /sse again".into(),
@@ -711,17 +817,17 @@ async fn legacy_post(
     };
     let body = match read_body(&server, req).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let messages = match jsonrpc::parse(&body, server.config.max_json_depth) {
         Ok(Payload::Single(m)) => vec![Ok(m)],
         Ok(Payload::Batch(items)) => items,
-        Err(Rejection { id, error }) => return rpc_error(StatusCode::BAD_REQUEST, id, error),
+        Err(r) => return rpc_error(StatusCode::BAD_REQUEST, r.id, r.error),
     };
     let direct: Arc<dyn Outbound> = match session.direct() {
         Some(d) => d,
         None => {
-            return plain_error(
+            return *plain_error(
                 StatusCode::GONE,
                 -32001,
                 "the session's SSE stream is closed".into(),
@@ -735,7 +841,7 @@ async fn legacy_post(
         tokio::spawn(async move {
             let response = match m {
                 Ok(m) => server.handle_message(&session, m, out.clone()).await,
-                Err((id, e)) => Some(jsonrpc::response(&id, Err(e))),
+                Err(r) => Some(jsonrpc::response(&r.id, Err(r.error))),
             };
             if let Some(r) = response {
                 out.send(&r, false);

@@ -26,7 +26,7 @@ pub enum Message {
 #[derive(Debug)]
 pub enum Payload {
     Single(Message),
-    Batch(Vec<Result<Message, (Value, McpError)>>),
+    Batch(Vec<Result<Message, Box<Rejection>>>),
 }
 
 /// A message that could not be accepted: the error and the id to answer
@@ -68,11 +68,14 @@ pub fn nesting_depth_exceeds(bytes: &[u8], max: usize) -> bool {
     false
 }
 
-/// Parses a body into messages. `max_depth` bounds nesting.
-pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Payload, Rejection> {
-    let reject = |error| Rejection {
-        id: Value::Null,
-        error,
+/// Parses a body into messages. `max_depth` bounds nesting. The rejection
+/// is boxed: it is large and the rare path.
+pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Payload, Box<Rejection>> {
+    let reject = |error| {
+        Box::new(Rejection {
+            id: Value::Null,
+            error,
+        })
     };
     let text = std::str::from_utf8(bytes).map_err(|e| {
         reject(McpError::parse_error(format!(
@@ -92,12 +95,7 @@ pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Payload, Rejection> {
             if items.is_empty() {
                 return Err(reject(McpError::invalid_request("empty batch")));
             }
-            Ok(Payload::Batch(
-                items
-                    .into_iter()
-                    .map(|v| classify(v).map_err(|r| (r.id, r.error)))
-                    .collect(),
-            ))
+            Ok(Payload::Batch(items.into_iter().map(classify).collect()))
         }
         other => classify(other).map(Payload::Single),
     }
@@ -112,18 +110,20 @@ fn valid_id(id: &Value) -> bool {
 }
 
 /// Checks the shape of one JSON-RPC message.
-pub fn classify(value: Value) -> Result<Message, Rejection> {
+pub fn classify(value: Value) -> Result<Message, Box<Rejection>> {
     let Value::Object(mut obj) = value else {
-        return Err(Rejection {
+        return Err(Box::new(Rejection {
             id: Value::Null,
             error: McpError::invalid_request("a JSON-RPC message must be an object"),
-        });
+        }));
     };
     let id = obj.remove("id");
     let answer_id = id.clone().filter(valid_id).unwrap_or(Value::Null);
-    let bad = |msg: String| Rejection {
-        id: answer_id.clone(),
-        error: McpError::invalid_request(msg),
+    let bad = |msg: String| {
+        Box::new(Rejection {
+            id: answer_id.clone(),
+            error: McpError::invalid_request(msg),
+        })
     };
     match obj.get("jsonrpc") {
         Some(Value::String(v)) if v == "2.0" => {}
@@ -138,10 +138,10 @@ pub fn classify(value: Value) -> Result<Message, Rejection> {
             None | Some(Value::Null) => None,
             Some(Value::Object(p)) => Some(p),
             Some(_) => {
-                return Err(Rejection {
+                return Err(Box::new(Rejection {
                     id: answer_id,
                     error: McpError::invalid_params("field `params` must be an object"),
-                });
+                }));
             }
         };
         return match id {

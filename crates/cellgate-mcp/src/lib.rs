@@ -8,12 +8,16 @@
 //! streams are written down in this crate's README.
 
 pub mod conformance;
+pub mod headers;
 pub mod http;
 pub mod jsonrpc;
+pub mod mrtr;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod stateless;
 pub mod stdio;
+pub mod subscriptions;
+pub mod tasks;
 
 pub use server::{EdgeConfig, McpServer};

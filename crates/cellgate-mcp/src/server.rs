@@ -1,18 +1,28 @@
 //! The transport-independent core of the edge: one JSON-RPC message in, at
 //! most one response out, with the session's state kept in between.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cellgate_kernel::{
     BoxFuture, Call, CallContext, CancellationToken, ClientPeer, LogLevel, McpError, Metrics,
-    Pipeline, Principal, ProviderEvent, Request, codes,
+    Pipeline, Principal, ProviderEvent, Request, Tool, codes,
 };
 use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
 
 use crate::jsonrpc::{self, Message};
+use crate::mrtr::{INPUT_METHODS, InputRound, RequestBinding, StateSealer, StatelessPeer};
 use crate::protocol;
 use crate::session::{Outbound, Session, SessionRegistry};
+use crate::stateless;
+use crate::subscriptions::{Listener, SubscriptionFilter};
+use crate::tasks::{
+    Handoff, TASKS_EXTENSION, TaskCapablePeer, TaskRegistry, TaskSupport, client_declares_tasks,
+    missing_tasks_capability,
+};
 
 /// Limits and identity of the edge; the binary fills it from `cellgate.toml`.
 #[derive(Debug, Clone)]
@@ -60,6 +70,12 @@ pub struct McpServer {
     pub sessions: Arc<SessionRegistry>,
     pub metrics: Arc<Metrics>,
     tenant: Arc<str>,
+    /// Seals `requestState` of input-required rounds (key lives with the process).
+    sealer: StateSealer,
+    pub tasks: Arc<TaskRegistry>,
+    /// Open `subscriptions/listen` streams of stateless clients.
+    listeners: Mutex<HashMap<u64, Listener>>,
+    next_listener: AtomicU64,
 }
 
 /// Sends request-related messages through a transport's [`Outbound`] and
@@ -78,10 +94,16 @@ impl ClientPeer for RequestPeer {
     fn request(&self, method: &str, params: Value) -> BoxFuture<'static, Result<Value, McpError>> {
         let (id, rx) = self.session.expect_response();
         self.out.send(&jsonrpc::request(&id, method, params), false);
-        let session = self.session.clone();
+        // If the waiting future is dropped (the call was cancelled), the
+        // entry must not stay behind in the session's pending map.
+        let guard = ForgetOnDrop {
+            session: self.session.clone(),
+            id,
+        };
         let timeout = self.timeout;
         let method = method.to_owned();
         Box::pin(async move {
+            let guard = guard;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => Err(McpError::new(
@@ -89,7 +111,7 @@ impl ClientPeer for RequestPeer {
                     format!("{method}: the session closed before the client answered"),
                 )),
                 Err(_) => {
-                    session.forget_response(&id);
+                    drop(guard);
                     Err(McpError::new(
                         codes::SERVER_ERROR,
                         format!(
@@ -108,6 +130,19 @@ impl ClientPeer for RequestPeer {
 
     fn close_stream(&self) {
         self.out.close();
+    }
+}
+
+/// Removes a server-to-client request's pending entry when the future
+/// waiting for its answer goes away, answered or not.
+struct ForgetOnDrop {
+    session: Arc<Session>,
+    id: Value,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        self.session.forget_response(&self.id);
     }
 }
 
@@ -239,6 +274,10 @@ impl McpServer {
             config,
             sessions,
             metrics,
+            sealer: StateSealer::random(),
+            tasks: Arc::new(TaskRegistry::new()),
+            listeners: Mutex::new(HashMap::new()),
+            next_listener: AtomicU64::new(1),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             server.spawn_background();
@@ -300,6 +339,16 @@ impl McpServer {
                 Some(uri),
             ),
         };
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            if l.filter.wants(ev) {
+                l.send(method, params.clone());
+            }
+        }
         let msg = jsonrpc::notification(method, params);
         for s in self.sessions.all() {
             if !s.is_initialized() {
@@ -323,6 +372,26 @@ impl McpServer {
             "logging": {},
             "completions": {}
         })
+    }
+
+    /// Capabilities of the stateless revision: the session ones plus the
+    /// extensions it serves.
+    pub fn stateless_capabilities(&self) -> Value {
+        let mut caps = self.capabilities();
+        caps["extensions"] = json!({ TASKS_EXTENSION: {} });
+        caps
+    }
+
+    /// A tool's definition, for checks made before a call runs.
+    pub async fn lookup_tool(&self, name: &str) -> Option<Tool> {
+        let ctx = CallContext::detached(&self.tenant);
+        self.pipeline
+            .catalog()
+            .tool(&ctx, name)
+            .await
+            .ok()
+            .flatten()
+            .map(|t| (*t).clone())
     }
 
     pub fn server_info(&self) -> Value {
@@ -360,6 +429,7 @@ impl McpServer {
                 };
                 let fut = self.handle_request(
                     session,
+                    &id,
                     &method,
                     params.unwrap_or_default(),
                     token.clone(),
@@ -404,11 +474,18 @@ impl McpServer {
     async fn handle_request(
         &self,
         session: &Arc<Session>,
+        id: &Value,
         method: &str,
         params: Map<String, Value>,
         token: CancellationToken,
         out: Arc<dyn Outbound>,
     ) -> Result<Value, McpError> {
+        if *session.version() == *protocol::STATELESS_VERSION {
+            return self
+                .handle_stateless(session, id, method, params, token, out)
+                .await
+                .map(|r| stateless::finish_result(self, method, r));
+        }
         match method {
             "initialize" => return self.initialize(session, &params),
             "ping" => return Ok(json!({})),
@@ -484,6 +561,205 @@ impl McpServer {
             result["instructions"] = json!(i);
         }
         Ok(result)
+    }
+
+    /// Who owns what a call leaves behind (tasks, request states).
+    fn owner(&self, principal: &Principal) -> String {
+        format!("{}\u{0}{}", self.tenant, principal.id)
+    }
+
+    /// A request of the stateless revision (the session is the request's own).
+    async fn handle_stateless(
+        &self,
+        session: &Arc<Session>,
+        id: &Value,
+        method: &str,
+        params: Map<String, Value>,
+        token: CancellationToken,
+        out: Arc<dyn Outbound>,
+    ) -> Result<Value, McpError> {
+        match method {
+            "server/discover" => {
+                let mut r = stateless::discover(self);
+                r["capabilities"] = self.stateless_capabilities();
+                return Ok(r);
+            }
+            m if stateless::REMOVED_METHODS.contains(&m) => {
+                return Err(McpError::new(
+                    codes::METHOD_NOT_FOUND,
+                    format!(
+                        "method not found: {m} (removed in protocol {})",
+                        protocol::STATELESS_VERSION
+                    ),
+                ));
+            }
+            "subscriptions/listen" => return self.listen(id, &params, token, out).await,
+            "tasks/get" | "tasks/update" | "tasks/cancel" => {
+                return self.task_method(session, method, &params);
+            }
+            _ => {}
+        }
+        let Some(request) = pipeline_request(method, &params)? else {
+            return Err(McpError::method_not_found(method));
+        };
+        let mut ctx = self.context(session, &params, token.clone(), out);
+        let owner = self.owner(&ctx.principal);
+        let round = if INPUT_METHODS.contains(&method) {
+            let binding = RequestBinding::new(&owner, method, &params);
+            Some(Arc::new(InputRound::from_params(
+                &self.sealer,
+                binding,
+                &params,
+            )?))
+        } else {
+            None
+        };
+        let stateless_peer: Arc<dyn ClientPeer> = Arc::new(StatelessPeer {
+            inner: ctx.peer.clone(),
+            round: round.clone(),
+            method: method.to_owned(),
+        });
+        ctx.peer = stateless_peer.clone();
+        let finish = |outcome| match &round {
+            Some(r) => r.finish(&self.sealer, outcome),
+            None => outcome,
+        };
+        if let Request::CallTool { name, .. } = &request {
+            let support = self
+                .pipeline
+                .catalog()
+                .tool(&ctx, name)
+                .await?
+                .map_or(TaskSupport::Forbidden, |t| TaskSupport::of(&t));
+            let declared = client_declares_tasks(&ctx.client_capabilities);
+            if support == TaskSupport::Required && !declared {
+                return Err(missing_tasks_capability(&format!("tool {name:?}")));
+            }
+            if support != TaskSupport::Forbidden && declared {
+                return self
+                    .call_task_capable(ctx, request, owner, stateless_peer, token, finish)
+                    .await;
+            }
+        }
+        finish(self.pipeline.call(Call { ctx, request }).await)
+    }
+
+    /// Runs a call that may move to the background. It answers like any call
+    /// unless the provider hands it over (`continue_in_background`), in which
+    /// case the client gets a `CreateTaskResult` and the call runs on.
+    async fn call_task_capable(
+        &self,
+        mut ctx: CallContext,
+        request: Request,
+        owner: String,
+        foreground: Arc<dyn ClientPeer>,
+        token: CancellationToken,
+        finish: impl FnOnce(Result<Value, McpError>) -> Result<Value, McpError>,
+    ) -> Result<Value, McpError> {
+        // The call's own token: the request's cancels it only until handoff.
+        let call_token = CancellationToken::new();
+        let (signal, mut handed_off) = oneshot::channel();
+        ctx.cancel = call_token.clone();
+        ctx.peer = Arc::new(TaskCapablePeer::new(
+            foreground,
+            Handoff {
+                registry: self.tasks.clone(),
+                owner,
+                cancel: call_token.clone(),
+                signal,
+            },
+        ));
+        // Dropping this future (timeout, disconnect) before handoff cancels the call.
+        let guard = call_token.clone().drop_guard();
+        let pipeline = self.pipeline.clone();
+        let mut running = tokio::spawn(async move { pipeline.call(Call { ctx, request }).await });
+        let joined = |r: Result<Result<Value, McpError>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(McpError::internal(format!("the call failed: {e}"))))
+        };
+        // A handoff wins over an outcome that is already there: the provider
+        // asked to go to the background, so the client gets the task.
+        let outcome = tokio::select! {
+            biased;
+            task = &mut handed_off => match task {
+                Ok(task) => {
+                    guard.disarm();
+                    let t = task.clone();
+                    tokio::spawn(async move { t.finish(joined(running.await)) });
+                    return Ok(task.create_result());
+                }
+                Err(_) => joined((&mut running).await),
+            },
+            r = &mut running => joined(r),
+            _ = token.cancelled() => {
+                call_token.cancel();
+                joined((&mut running).await)
+            }
+        };
+        // A handoff that raced the end of the call: the task gets the outcome too.
+        if let Ok(task) = handed_off.try_recv() {
+            task.finish(outcome.clone());
+        }
+        finish(outcome)
+    }
+
+    /// `tasks/get`, `tasks/update`, `tasks/cancel`.
+    fn task_method(
+        &self,
+        session: &Arc<Session>,
+        method: &str,
+        params: &Map<String, Value>,
+    ) -> Result<Value, McpError> {
+        if !client_declares_tasks(&session.client_capabilities()) {
+            return Err(missing_tasks_capability(method));
+        }
+        let id = param_str(params, "taskId")?;
+        let task = self.tasks.get(&self.owner(&Principal::anonymous()), id)?;
+        match method {
+            "tasks/get" => Ok(task.detailed()),
+            "tasks/update" => {
+                let responses = match params.get("inputResponses") {
+                    Some(Value::Object(r)) => r,
+                    _ => {
+                        return Err(McpError::invalid_params(
+                            "params.inputResponses must be an object mapping input keys to results",
+                        ));
+                    }
+                };
+                task.deliver(responses);
+                Ok(json!({}))
+            }
+            _ => {
+                task.request_cancel();
+                Ok(json!({}))
+            }
+        }
+    }
+
+    /// `subscriptions/listen`: acknowledges, then streams the notifications
+    /// the client opted in to until the client goes away.
+    async fn listen(
+        &self,
+        id: &Value,
+        params: &Map<String, Value>,
+        token: CancellationToken,
+        out: Arc<dyn Outbound>,
+    ) -> Result<Value, McpError> {
+        let filter = SubscriptionFilter::parse(params.get("notifications"))?;
+        let listener = Listener::new(id.clone(), filter, out);
+        listener.acknowledge();
+        let key = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, listener);
+        token.cancelled().await;
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Err(McpError::cancelled(
+            "subscriptions/listen: the client went away",
+        ))
     }
 
     fn context(

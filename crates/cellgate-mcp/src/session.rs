@@ -66,6 +66,9 @@ pub struct Session {
     /// with a single channel (stdio, legacy SSE); HTTP uses stream 0.
     direct: RwLock<Option<Arc<dyn Outbound>>>,
     pub closed: CancellationToken,
+    /// Cancelled when the transport's input ends (stdio EOF): calls in
+    /// flight finish, but open-ended ones (`subscriptions/listen`) stop.
+    input_ended: CancellationToken,
 }
 
 fn key(id: &Value) -> String {
@@ -93,9 +96,18 @@ impl Session {
             started: Instant::now(),
             direct: RwLock::new(None),
             closed: CancellationToken::new(),
+            input_ended: CancellationToken::new(),
         });
         s.touch();
         s
+    }
+
+    pub fn end_input(&self) {
+        self.input_ended.cancel();
+    }
+
+    pub fn input_ended(&self) -> CancellationToken {
+        self.input_ended.clone()
     }
 
     pub fn touch(&self) {
@@ -150,6 +162,11 @@ impl Session {
         self.log_level.store(level as u8, Ordering::Relaxed);
     }
 
+    /// Lets no log message through, whatever its level.
+    pub fn mute_logs(&self) {
+        self.log_level.store(u8::MAX, Ordering::Relaxed);
+    }
+
     pub fn log_enabled(&self, level: LogLevel) -> bool {
         level as u8 >= self.log_level.load(Ordering::Relaxed)
     }
@@ -196,6 +213,27 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key(id));
+    }
+
+    /// Fails every server-to-client request still waiting for an answer
+    /// (the transport ended, so no answer can come).
+    pub fn fail_pending(&self, why: &str) {
+        let waiting: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(McpError::new(
+                cellgate_kernel::codes::SERVER_ERROR,
+                why.to_owned(),
+            )));
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Routes a client's response to the request waiting for it; false when

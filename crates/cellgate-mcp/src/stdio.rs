@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::jsonrpc::{self, Payload, Rejection};
+use crate::jsonrpc::{self, Payload};
 use crate::server::McpServer;
 use crate::session::{Outbound, Session, TransportKind};
 
@@ -115,14 +115,14 @@ where
                 out.send(&jsonrpc::response(&Value::Null, Err(e)), false);
                 continue;
             }
-            Err(Rejection { id, error }) => {
-                out.send(&jsonrpc::response(&id, Err(error)), false);
+            Err(r) => {
+                out.send(&jsonrpc::response(&r.id, Err(r.error)), false);
                 continue;
             }
         };
         for m in messages {
             match m {
-                Err((id, e)) => out.send(&jsonrpc::response(&id, Err(e)), false),
+                Err(r) => out.send(&jsonrpc::response(&r.id, Err(r.error)), false),
                 // Requests run concurrently so that a call can wait for the
                 // client's answer to a sampling request read on this loop.
                 Ok(m @ jsonrpc::Message::Request { .. }) => {
@@ -144,7 +144,11 @@ where
         }
         while tasks.try_join_next().is_some() {}
     }
-    // Input ended: let calls in flight finish, then close.
+    // Input ended: no answer to a server-to-client request can come any
+    // more, so the calls waiting for one fail now instead of at their
+    // timeout; the rest finish, then the session closes.
+    session.fail_pending("the session closed before the client answered");
+    session.end_input();
     while tasks.join_next().await.is_some() {}
     server.sessions.remove(&session.id);
     drop(out);

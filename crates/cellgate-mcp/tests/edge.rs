@@ -732,48 +732,668 @@ async fn batches_work_on_2025_03_26() {
     assert!(arr.iter().any(|m| m["error"]["code"] == json!(-32600)));
 }
 
+fn envelope(caps: Value) -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":caps,"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}})
+}
+
+/// A stateless request with the headers a 2026-07-28 client sends; `extra`
+/// adds or (same name) replaces headers.
+async fn stateless(
+    addr: SocketAddr,
+    id: i64,
+    method: &str,
+    mut params: Value,
+    caps: Value,
+    extra: &[(&str, &str)],
+) -> Resp {
+    params["_meta"] = envelope(caps);
+    let name = params["name"]
+        .as_str()
+        .or(params["uri"].as_str())
+        .or(params["taskId"].as_str())
+        .map(str::to_owned);
+    let mut h: Vec<(&str, &str)> = vec![
+        JSON,
+        ACCEPT,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
+    if let Some(n) = &name {
+        h.push(("mcp-name", n));
+    }
+    for (k, v) in extra {
+        h.retain(|(hk, _)| !hk.eq_ignore_ascii_case(k));
+        if !v.is_empty() {
+            h.push((k, v));
+        }
+    }
+    let body = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+    raw(addr, "POST", "/mcp", &h, body.to_string().as_bytes()).await
+}
+
 #[tokio::test]
 async fn stateless_discover_and_call() {
     let (addr, server) = start().await;
     let before = server.sessions.len();
-    let r = post(
-        addr,
-        None,
-        &json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}),
-    )
-    .await
-    .json();
+    let r = stateless(addr, 1, "server/discover", json!({}), json!({}), &[]).await;
+    let v = r.json();
     assert!(
-        r["result"]["supportedVersions"]
+        v["result"]["supportedVersions"]
             .as_array()
             .unwrap()
             .contains(&json!("2026-07-28"))
     );
-    assert_eq!(r["result"]["resultType"], json!("complete"));
-    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"}});
-    let mut c = call(2, "echo", json!({"text":"stateless"}));
-    c["params"]["_meta"] = meta.clone();
-    let r = raw(
+    assert_eq!(v["result"]["resultType"], json!("complete"));
+    assert_eq!(v["result"]["cacheScope"], json!("public"));
+    assert!(v["result"]["capabilities"]["extensions"]["io.modelcontextprotocol/tasks"].is_object());
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        json!("cellgate")
+    );
+    let r = stateless(
         addr,
-        "POST",
-        "/mcp",
-        &[JSON, ACCEPT, ("mcp-protocol-version", "2026-07-28")],
-        c.to_string().as_bytes(),
+        2,
+        "tools/call",
+        json!({"name":"echo","arguments":{"text":"stateless"}}),
+        json!({}),
+        &[],
     )
     .await;
     let v = r.json();
     assert_eq!(v["result"]["structuredContent"]["text"], json!("stateless"));
     assert_eq!(v["result"]["resultType"], json!("complete"));
     assert!(r.header("mcp-session-id").is_none());
-    let mut bad = call(3, "echo", json!({"text":"x"}));
-    bad["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion":"2030-01-01"});
-    let v = post(addr, None, &bad).await.json();
-    assert_eq!(v["error"]["code"], json!(-32022));
+    for (method, params, scope, ttl) in [
+        ("tools/list", json!({}), "private", 60_000),
+        ("prompts/list", json!({}), "private", 60_000),
+        ("resources/list", json!({}), "private", 60_000),
+        ("resources/templates/list", json!({}), "private", 60_000),
+        (
+            "resources/read",
+            json!({"uri":"test://static-text"}),
+            "private",
+            0,
+        ),
+    ] {
+        let v = stateless(addr, 3, method, params, json!({}), &[])
+            .await
+            .json();
+        assert_eq!(v["result"]["cacheScope"], json!(scope), "{method}");
+        assert_eq!(v["result"]["ttlMs"], json!(ttl), "{method}");
+    }
+    // Without a requested log level, no log message reaches the client.
+    let r = stateless(
+        addr,
+        4,
+        "tools/call",
+        json!({"name":"test_logging_tool","arguments":{}}),
+        json!({}),
+        &[],
+    )
+    .await;
+    assert!(
+        r.messages()
+            .iter()
+            .all(|m| m["method"] != "notifications/message")
+    );
     assert_eq!(
         server.sessions.len(),
         before,
         "stateless requests leave no session"
     );
+}
+
+#[tokio::test]
+async fn stateless_bad_envelopes_and_headers_get_precise_errors() {
+    let (addr, _) = start().await;
+    let post_raw = |id: i64, params: Value, headers: Vec<(&'static str, &'static str)>| async move {
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"server/discover","params":params});
+        raw(addr, "POST", "/mcp", &headers, body.to_string().as_bytes()).await
+    };
+    let base = vec![
+        JSON,
+        ACCEPT,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "server/discover"),
+    ];
+    for (id, params) in [
+        (101, json!({})),
+        (
+            102,
+            json!({"_meta":{"io.modelcontextprotocol/clientCapabilities":{}}}),
+        ),
+        (
+            104,
+            json!({"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}),
+        ),
+    ] {
+        let r = post_raw(id, params, base.clone()).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], json!(-32602));
+        assert_eq!(
+            r.json()["id"],
+            json!(id),
+            "the error answers the request's id"
+        );
+    }
+    // Unsupported revision, header and body agreeing: -32022 naming both lists.
+    let mut meta = envelope(json!({}));
+    meta["io.modelcontextprotocol/protocolVersion"] = json!("v999");
+    let r = post_raw(
+        301,
+        json!({"_meta": meta}),
+        vec![
+            JSON,
+            ACCEPT,
+            ("mcp-protocol-version", "v999"),
+            ("mcp-method", "server/discover"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(301), json!(-32022))
+    );
+    assert_eq!(v["error"]["data"]["requested"], json!("v999"));
+    // Header and body disagreeing: -32020.
+    let r = post_raw(302, json!({"_meta": meta}), base.clone()).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!(-32020))
+    );
+    // Removed and unknown methods: 404 with -32601.
+    for m in [
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "unknown/method",
+    ] {
+        let r = stateless(addr, 5, m, json!({}), json!({}), &[]).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (404, json!(-32601)),
+            "{m}"
+        );
+    }
+    // Routing headers must repeat the body.
+    let call = json!({"name":"echo","arguments":{"text":"x"}});
+    for extra in [
+        vec![("mcp-method", "prompts/list")],
+        vec![("mcp-method", "")],
+        vec![("mcp-method", "TOOLS/CALL")],
+        vec![("mcp-name", "other")],
+        vec![("mcp-name", "")],
+    ] {
+        let r = stateless(addr, 6, "tools/call", call.clone(), json!({}), &extra).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (400, json!(-32020)),
+            "{extra:?}"
+        );
+    }
+    let r = stateless(
+        addr,
+        7,
+        "tools/call",
+        call.clone(),
+        json!({}),
+        &[("MCP-NAME", "  echo  ")],
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "header names fold, values are trimmed: {}",
+        r.body
+    );
+    // Mcp-Param-* for arguments marked x-mcp-header.
+    let routed = json!({"name":"test_custom_header","arguments":{"region":"Hello"}});
+    for (value, ok) in [
+        ("Hello", true),
+        ("=?base64?SGVsbG8=?=", true),
+        ("=?base64?SGVsbG8?=", false),
+        ("=?base64?SGVs!!!bG8=?=", false),
+        ("Bye", false),
+        ("", false),
+    ] {
+        let r = stateless(
+            addr,
+            8,
+            "tools/call",
+            routed.clone(),
+            json!({}),
+            &[("mcp-param-region", value)],
+        )
+        .await;
+        assert_eq!(r.status == 200, ok, "{value:?}: {}", r.body);
+        if !ok {
+            assert_eq!(r.json()["error"]["code"], json!(-32020));
+        }
+    }
+    // A capability the client did not declare: -32021 naming it, 400.
+    let r = stateless(
+        addr,
+        9,
+        "tools/call",
+        json!({"name":"test_missing_capability","arguments":{}}),
+        json!({}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], json!(-32021));
+    assert_eq!(
+        r.json()["error"]["data"]["requiredCapabilities"],
+        json!({"sampling":{}})
+    );
+}
+
+#[tokio::test]
+async fn input_required_rounds_carry_sealed_state() {
+    let (addr, _) = start().await;
+    let caps = json!({"elicitation":{},"sampling":{},"roots":{}});
+    let tool = |extra: Value| {
+        let mut p = json!({"name":"test_input_required_result_multi_round","arguments":{}});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let r1 = stateless(addr, 1, "tools/call", tool(json!({})), caps.clone(), &[])
+        .await
+        .json()["result"]
+        .clone();
+    assert_eq!(r1["resultType"], json!("input_required"));
+    assert_eq!(
+        r1["inputRequests"]["step1"]["method"],
+        json!("elicitation/create")
+    );
+    let state1 = r1["requestState"].as_str().unwrap().to_owned();
+    let r2 = stateless(addr, 2, "tools/call", tool(json!({"inputResponses":{"step1":{"action":"accept","content":{"name":"Ada"}}},"requestState":state1})), caps.clone(), &[]).await.json()["result"].clone();
+    assert_eq!(r2["resultType"], json!("input_required"));
+    assert!(r2["inputRequests"].get("step1").is_none());
+    let state2 = r2["requestState"].as_str().unwrap().to_owned();
+    // Round 3 sends only step2: step1's answer comes back from the state.
+    let r3 = stateless(addr, 3, "tools/call", tool(json!({"inputResponses":{"step2":{"action":"accept","content":{"color":"green"}}},"requestState":state2.clone()})), caps.clone(), &[]).await.json();
+    assert_eq!(r3["result"]["resultType"], json!("complete"));
+    assert_eq!(r3["result"]["content"][0]["text"], json!("Ada likes green"));
+    // A tampered state, a state of another tool, a bad answer, null responses: -32602.
+    let tampered = format!("{state2}-TAMPERED");
+    let mut other = json!({"name":"test_input_required_result_request_state","arguments":{},"requestState":state2});
+    other["inputResponses"] = json!({"confirm":{"action":"accept","content":{"ok":true}}});
+    for params in [
+        tool(json!({"inputResponses":{"step2":{"action":"accept"}},"requestState":tampered})),
+        other,
+        json!({"name":"test_input_required_result_elicitation","arguments":{},"inputResponses":{"user_name":12345}}),
+        json!({"name":"test_input_required_result_elicitation","arguments":{},"inputResponses":null}),
+    ] {
+        let r = stateless(addr, 4, "tools/call", params.clone(), caps.clone(), &[]).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (400, json!(-32602)),
+            "{params}"
+        );
+    }
+    // Concurrent asks arrive together; undeclared capabilities are not asked.
+    let r = stateless(
+        addr,
+        5,
+        "tools/call",
+        json!({"name":"test_input_required_result_multiple_inputs","arguments":{}}),
+        caps.clone(),
+        &[],
+    )
+    .await
+    .json();
+    let keys: Vec<&String> = r["result"]["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(keys, ["client_roots", "greeting", "user_name"]);
+    let r = stateless(
+        addr,
+        6,
+        "tools/call",
+        json!({"name":"test_input_required_result_capabilities","arguments":{}}),
+        json!({"sampling":{}}),
+        &[],
+    )
+    .await
+    .json();
+    let methods: Vec<&str> = r["result"]["inputRequests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["sampling/createMessage"]);
+    // prompts/get can ask too; list methods never do.
+    let r = stateless(
+        addr,
+        7,
+        "prompts/get",
+        json!({"name":"test_input_required_result_prompt"}),
+        caps.clone(),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(r["result"]["resultType"], json!("input_required"));
+    let r = stateless(addr, 8, "tools/list", json!({}), caps, &[])
+        .await
+        .json();
+    assert_eq!(r["result"]["resultType"], json!("complete"));
+}
+
+#[tokio::test]
+async fn tasks_run_in_the_background_for_their_owner() {
+    let (addr, server) = start().await;
+    let tasks_caps = json!({"elicitation":{},"extensions":{"io.modelcontextprotocol/tasks":{}}});
+    let call_tool = |name: &str, args: Value| json!({"name": name, "arguments": args});
+    // Without the extension: sync, and the task methods are refused with -32021.
+    let r = stateless(
+        addr,
+        1,
+        "tools/call",
+        call_tool("slow_compute", json!({"seconds":0.01})),
+        json!({}),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(r["result"]["resultType"], json!("complete"));
+    for m in ["tasks/get", "tasks/cancel"] {
+        let r = stateless(addr, 2, m, json!({"taskId":"x"}), json!({}), &[]).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (400, json!(-32021)),
+            "{m}"
+        );
+    }
+    let r = stateless(
+        addr,
+        3,
+        "tools/call",
+        call_tool("failing_job", json!({})),
+        json!({}),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(r["error"]["code"], json!(-32021), "taskSupport required");
+    assert!(
+        r["error"]["data"]["requiredCapabilities"]["extensions"]["io.modelcontextprotocol/tasks"]
+            .is_object()
+    );
+    // With it: a flat CreateTaskResult, readable at once, cancellable.
+    let created = stateless(
+        addr,
+        4,
+        "tools/call",
+        call_tool("slow_compute", json!({"seconds":60})),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json()["result"]
+        .clone();
+    assert_eq!(created["resultType"], json!("task"));
+    assert!(created.get("requestState").is_none() && created.get("task").is_none());
+    assert_eq!(created["status"], json!("working"));
+    let id = created["taskId"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    let got = stateless(
+        addr,
+        5,
+        "tasks/get",
+        json!({"taskId":id}),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            got["result"]["taskId"].clone(),
+            got["result"]["resultType"].clone()
+        ),
+        (json!(id), json!("complete"))
+    );
+    let r = stateless(
+        addr,
+        6,
+        "tasks/get",
+        json!({"taskId":id}),
+        tasks_caps.clone(),
+        &[("mcp-name", "wrong")],
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], json!(-32020));
+    let ack = stateless(
+        addr,
+        7,
+        "tasks/cancel",
+        json!({"taskId":id}),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(
+        ack["result"],
+        json!({"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":server.server_info()}})
+    );
+    let got = stateless(
+        addr,
+        8,
+        "tasks/get",
+        json!({"taskId":id}),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(got["result"]["status"], json!("cancelled"));
+    let r = stateless(
+        addr,
+        9,
+        "tasks/get",
+        json!({"taskId":"0123456789abcdef0123456789abcdef"}),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!(-32602))
+    );
+    // A task that asks: input_required until tasks/update answers, then completed.
+    let id = stateless(
+        addr,
+        10,
+        "tools/call",
+        call_tool("confirm_delete", json!({"filename":"a.txt"})),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json()["result"]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let detail = loop {
+        let d = stateless(
+            addr,
+            11,
+            "tasks/get",
+            json!({"taskId":id}),
+            tasks_caps.clone(),
+            &[],
+        )
+        .await
+        .json()["result"]
+            .clone();
+        if d["status"] == "input_required" {
+            break d;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(
+        detail["inputRequests"]["confirm"]["method"],
+        json!("elicitation/create")
+    );
+    stateless(addr, 12, "tasks/update", json!({"taskId":id,"inputResponses":{"confirm":{"action":"accept","content":{"confirm":true}}}}), tasks_caps.clone(), &[]).await;
+    let done = loop {
+        let d = stateless(
+            addr,
+            13,
+            "tasks/get",
+            json!({"taskId":id}),
+            tasks_caps.clone(),
+            &[],
+        )
+        .await
+        .json()["result"]
+            .clone();
+        if d["status"] == "completed" {
+            break d;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(done["result"]["content"][0]["text"], json!("Deleted a.txt"));
+    assert!(done.get("requestState").is_none());
+    // A protocol error fails the task with the error inlined.
+    let id = stateless(
+        addr,
+        14,
+        "tools/call",
+        call_tool("protocol_error_job", json!({})),
+        tasks_caps.clone(),
+        &[],
+    )
+    .await
+    .json()["result"]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = loop {
+        let d = stateless(
+            addr,
+            15,
+            "tasks/get",
+            json!({"taskId":id}),
+            tasks_caps.clone(),
+            &[],
+        )
+        .await
+        .json()["result"]
+            .clone();
+        if d["status"] == "failed" {
+            break d;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(failed["error"]["code"], json!(-32603));
+    assert!(failed.get("result").is_none());
+    // Removed v1 methods.
+    for m in ["tasks/result", "tasks/list"] {
+        let r = stateless(addr, 16, m, json!({"taskId":id}), tasks_caps.clone(), &[]).await;
+        assert_eq!(r.json()["error"]["code"], json!(-32601), "{m}");
+    }
+    assert!(!server.tasks.is_empty());
+}
+
+#[tokio::test]
+async fn listen_stream_acknowledges_then_sends_what_was_asked() {
+    let (addr, _) = start().await;
+    let body = json!({"jsonrpc":"2.0","id":"sub-1","method":"subscriptions/listen","params":{"_meta":envelope(json!({})),"notifications":{"toolsListChanged":true}}});
+    let (status, mut stream) = Stream::open(
+        addr,
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ack = stream.next_message().await.unwrap();
+    assert_eq!(
+        ack["method"],
+        json!("notifications/subscriptions/acknowledged")
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        json!("sub-1")
+    );
+    // A prompt change is filtered out; the tool change arrives, tagged.
+    for tool in ["test_trigger_prompt_change", "test_trigger_tool_change"] {
+        let r = stateless(
+            addr,
+            2,
+            "tools/call",
+            json!({"name":tool,"arguments":{}}),
+            json!({}),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let n = stream.next_message().await.unwrap();
+    assert_eq!(n["method"], json!("notifications/tools/list_changed"));
+    assert_eq!(
+        n["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        json!("sub-1")
+    );
+    let r = stateless(
+        addr,
+        3,
+        "subscriptions/listen",
+        json!({"notifications": 5}),
+        json!({}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], json!(-32602));
+}
+
+#[tokio::test]
+async fn answers_are_sse_when_the_client_prefers_it() {
+    let (addr, _) = start().await;
+    let sid = session(addr, "2025-11-25", json!({})).await;
+    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/list"}).to_string();
+    for (accept, sse) in [
+        ("application/json, text/event-stream", false),
+        ("text/event-stream, application/json", true),
+        ("application/json;q=0.5, text/event-stream", true),
+        ("text/event-stream;q=0.4, application/json", false),
+        ("text/event-stream, */*", true),
+    ] {
+        let r = raw(
+            addr,
+            "POST",
+            "/mcp",
+            &[JSON, ("accept", accept), ("mcp-session-id", &sid)],
+            body.as_bytes(),
+        )
+        .await;
+        let ct = r.header("content-type").unwrap().to_owned();
+        assert_eq!(ct.starts_with("text/event-stream"), sse, "{accept}");
+        if sse {
+            assert!(r.body.starts_with("id: "), "opens with the priming event");
+        }
+        assert!(r.messages().last().unwrap()["result"]["tools"].is_array());
+    }
 }
 
 #[tokio::test]
@@ -876,4 +1496,66 @@ async fn stdio_round_trip_with_sampling_and_bad_lines() {
     cw.shutdown().await.unwrap();
     task.await.unwrap().unwrap();
     assert!(server.sessions.is_empty());
+}
+
+#[tokio::test]
+async fn stdio_end_of_input_fails_calls_waiting_for_the_client() {
+    let server = server_with(EdgeConfig::default());
+    let (client, srv) = tokio::io::duplex(1 << 16);
+    let (srv_r, srv_w) = tokio::io::split(srv);
+    let task = tokio::spawn(cellgate_mcp::stdio::serve(
+        server,
+        BufReader::new(srv_r),
+        srv_w,
+    ));
+    let (cr, mut cw) = tokio::io::split(client);
+    let mut lines = BufReader::new(cr).lines();
+    for line in [
+        init_body("2025-11-25", json!({"sampling":{}})),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        call(2, "test_sampling", json!({"prompt":"hi"})),
+    ] {
+        cw.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    }
+    let _init = lines.next_line().await.unwrap().unwrap();
+    let req: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(req["method"], json!("sampling/createMessage"));
+    // The client goes away without answering: the call fails with that
+    // reason (not with the request timeout) and the server exits.
+    cw.shutdown().await.unwrap();
+    let r: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("the session closed before the client answered"),
+        "{text}"
+    );
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_call_leaves_no_pending_client_request() {
+    let (addr, server) = start().await;
+    let sid = session(addr, "2025-11-25", json!({"sampling":{}})).await;
+    let body = call(7, "test_sampling", json!({"prompt":"hi"})).to_string();
+    let (_, mut stream) = Stream::open(
+        addr,
+        "POST",
+        &[JSON, ACCEPT, ("mcp-session-id", &sid)],
+        body.as_bytes(),
+    )
+    .await;
+    let req = stream.next_message().await.unwrap();
+    assert_eq!(req["method"], json!("sampling/createMessage"));
+    let s = server.sessions.get(&sid).unwrap();
+    assert_eq!(s.pending_count(), 1);
+    post(
+        addr,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}),
+    )
+    .await;
+    while s.in_flight_count() > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.pending_count(), 0, "the dropped wait removed its entry");
 }

@@ -87,10 +87,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     );
 
     let admin = AdminProvider::new(directory.clone());
-    let mut providers: Vec<Arc<dyn Provider>> = vec![admin.clone()];
+    // The demo provider comes first: the conformance suite calls the first
+    // listed tool with empty arguments, which the demo tools accept.
+    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if config.demo.enabled {
         providers.push(ConformanceProvider::new(Duration::from_secs(5)));
     }
+    providers.push(admin.clone());
     let catalog = Catalog::new(providers);
     admin.attach(&catalog);
 
