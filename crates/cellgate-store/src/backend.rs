@@ -212,9 +212,19 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         sql: include_str!("../migrations/sqlite/0001_init.sql"),
     },
     Embedded {
+        version: 2,
+        description: "audit",
+        sql: include_str!("../migrations/sqlite/0002_audit.sql"),
+    },
+    Embedded {
         version: 3,
         description: "tenant status",
         sql: include_str!("../migrations/sqlite/0003_tenant_status.sql"),
+    },
+    Embedded {
+        version: 4,
+        description: "auth",
+        sql: include_str!("../migrations/sqlite/0004_auth.sql"),
     },
 ];
 
@@ -225,9 +235,19 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
         sql: include_str!("../migrations/postgres/0001_init.sql"),
     },
     Embedded {
+        version: 2,
+        description: "audit",
+        sql: include_str!("../migrations/postgres/0002_audit.sql"),
+    },
+    Embedded {
         version: 3,
         description: "tenant status",
         sql: include_str!("../migrations/postgres/0003_tenant_status.sql"),
+    },
+    Embedded {
+        version: 4,
+        description: "auth",
+        sql: include_str!("../migrations/postgres/0004_auth.sql"),
     },
 ];
 

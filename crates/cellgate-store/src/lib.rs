@@ -2,20 +2,27 @@
 //! default) or PostgreSQL (shared by several replicas), through sqlx.
 //!
 //! [`Store::open`] connects and applies the embedded migrations. The tenant
-//! registry ([`Tenants`]) is the only cross-tenant repository; everything
+//! registry ([`Tenants`]) and the two lookups authentication needs before it
+//! knows a tenant ([`ApiKeyDirectory`], [`DeviceCodes`]) and the audit chain
+//! ([`AuditLog`]) are the only cross-tenant repositories; everything
 //! else ([`Documents`], [`CallLog`]) is reachable only through
 //! [`Store::scope`], and every query it issues binds that scope's tenant.
 //! Writes under a tenant that is not registered fail with
 //! [`StoreError::UnknownTenant`] instead of creating orphan rows.
 //!
 //! It is not a cache, a rate-limit counter store or a message bus, and not
-//! the audit chain: [`CallLog`] is plain metering data without integrity
-//! guarantees, while the tamper-evident, hash-chained audit log lives
-//! elsewhere. It also knows nothing of authorization; callers decide who may
-//! open which scope.
+//! the audit chain's guardian: [`CallLog`] is plain metering data without
+//! integrity guarantees, and the tamper-evident audit log keeps its rows
+//! here ([`Store::audit`], cross-tenant like the registry, with a read-only
+//! [`TenantScope::audit`] view) but is hashed, signed and verified by
+//! `cellgate-audit`. It also knows nothing of authorization; callers decide
+//! who may open which scope.
 
+mod api_keys;
+mod audit;
 mod backend;
 mod call_log;
+mod device_codes;
 mod documents;
 mod error;
 mod tenant;
@@ -25,7 +32,19 @@ use std::path::PathBuf;
 
 use backend::{Backend, on_backend, redact_url};
 
+pub use api_keys::{
+    API_KEY_ID_MAX_BYTES, API_KEY_LIST_MAX, API_KEY_MAX_ROLES, API_KEY_TEXT_MAX_BYTES,
+    ApiKeyDirectory, ApiKeyRecord, ApiKeys, NewApiKey,
+};
+pub use audit::{
+    AUDIT_DECISIONS_MAX_BYTES, AUDIT_MESSAGE_MAX_BYTES, AUDIT_PAGE_MAX, AUDIT_TEXT_MAX_BYTES,
+    Appended, AuditBatch, AuditCheckpoint, AuditLog, AuditQuery, AuditRecord, ChainHead,
+    StoredCheckpoint, TenantAuditLog,
+};
 pub use call_log::{CALL_TEXT_MAX_BYTES, CallLog, CallRecord};
+pub use device_codes::{
+    DeviceApproval, DeviceCodeRecord, DeviceCodeStatus, DeviceCodes, DevicePoll, NewDeviceCode,
+};
 pub use documents::{Document, Documents, LIST_MAX_LIMIT, NAME_MAX_BYTES};
 pub use error::StoreError;
 pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, TenantStatus, Tenants};
@@ -34,7 +53,10 @@ pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, TenantStatus, Tenants};
 /// deleting a tenant can remove its rows in order. Modules that add tenant
 /// tables list them in their own constant and add it here.
 pub fn all_tenant_tables() -> impl Iterator<Item = &'static str> {
-    tenant::TENANT_TABLES.iter().copied()
+    tenant::TENANT_TABLES
+        .iter()
+        .chain(api_keys::TENANT_TABLES)
+        .copied()
 }
 
 /// Where the state lives.
@@ -146,6 +168,32 @@ impl Store {
         self.backend.name()
     }
 
+    /// API keys of every tenant, by key id: for authentication, which must
+    /// find a key before it knows the tenant. Managing keys goes through
+    /// [`TenantScope::api_keys`].
+    pub fn api_keys(&self) -> ApiKeyDirectory {
+        ApiKeyDirectory {
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// Device authorization grants in flight; not tenant-scoped because a
+    /// grant has no tenant until it is approved.
+    pub fn device_codes(&self) -> DeviceCodes {
+        DeviceCodes {
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// The audit chain across all tenants: appending (the audit writer),
+    /// verification and export (administrators). Tenants read their own
+    /// entries through [`TenantScope::audit`].
+    pub fn audit(&self) -> AuditLog {
+        AuditLog {
+            backend: self.backend.clone(),
+        }
+    }
+
     /// The tenant registry.
     pub fn tenants(&self) -> Tenants {
         Tenants {
@@ -191,8 +239,24 @@ impl TenantScope {
         }
     }
 
+    /// The tenant's API keys (create, list, revoke).
+    pub fn api_keys(&self) -> ApiKeys {
+        ApiKeys {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
     pub fn call_log(&self) -> CallLog {
         CallLog {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The tenant's own audit entries, read-only.
+    pub fn audit(&self) -> TenantAuditLog {
+        TenantAuditLog {
             backend: self.backend.clone(),
             tenant: self.tenant.clone(),
         }

@@ -11,7 +11,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use cellgate_store::{CallRecord, Store, StoreConfig, StoreError, TenantId};
+use cellgate_store::{
+    AuditBatch, AuditCheckpoint, AuditQuery, AuditRecord, CallRecord, ChainHead, Store,
+    StoreConfig, StoreError, TenantId,
+};
 use serde_json::json;
 use sqlx::Connection as _;
 
@@ -179,6 +182,11 @@ both_backends!(
     unknown_tenant_writes_fail,
     invalid_inputs_are_rejected,
     tenants_suspend_plan_and_delete_with_data,
+    audit_append_and_read,
+    audit_batches_must_continue_the_head,
+    audit_checkpoints_and_paging,
+    audit_tenant_scope_reads_only_its_own,
+    audit_concurrent_appenders_stay_linear,
 );
 
 async fn tenants_suspend_plan_and_delete_with_data(store: Store, _: StoreConfig) {
@@ -891,4 +899,884 @@ async fn invalid_inputs_are_rejected(store: Store, _: StoreConfig) {
     assert_eq!(docs.list(&max, None, 10).await.expect("list").len(), 1);
     // Nothing invalid reached the table.
     assert!(docs.list("c", None, 10).await.expect("list").is_empty());
+}
+
+// ---- audit chain -------------------------------------------------------------
+
+/// A fake 64-hex-digit hash: the store checks shape and linkage, not SHA-256.
+fn fake_hash(writer: u32, seq: i64) -> String {
+    format!("{writer:08x}{seq:056x}")
+}
+
+fn audit_record(seq: i64, tenant: &str, prev_hash: String, hash: String) -> AuditRecord {
+    AuditRecord {
+        seq,
+        at_ms: 1_000 * seq,
+        tenant: tenant.into(),
+        kind: if seq % 5 == 0 { "admin" } else { "call" }.into(),
+        principal: format!("user-{seq}"),
+        principal_kind: "user".into(),
+        method: "tools/call".into(),
+        target: (seq % 2 == 0).then(|| format!("tool-{seq}")),
+        args_digest: (seq % 3 != 0).then(|| fake_hash(7, seq)),
+        outcome: if seq % 4 == 0 { "error" } else { "ok" }.into(),
+        error_code: (seq % 4 == 0).then_some(-32003),
+        latency_us: seq * 3,
+        decisions: r#"[{"detail":"é \"q\"","layer":"auth","verdict":"deny"}]"#.into(),
+        category: (seq % 5 == 0).then(|| "security".into()),
+        message: (seq % 5 == 0).then(|| format!("note ✓ {seq}")),
+        prev_hash,
+        hash,
+    }
+}
+
+/// `n` records continuing `head`, linked with fake hashes of `writer`.
+fn continue_chain(head: &ChainHead, n: i64, tenant: &str, writer: u32) -> Vec<AuditRecord> {
+    let mut prev = head.hash.clone().unwrap_or_else(|| "0".repeat(64));
+    (1..=n)
+        .map(|i| {
+            let seq = head.seq + i;
+            let hash = fake_hash(writer, seq);
+            let r = audit_record(seq, tenant, prev.clone(), hash.clone());
+            prev = hash;
+            r
+        })
+        .collect()
+}
+
+fn checkpoint_of(head: &ChainHead, at_ms: i64) -> AuditCheckpoint {
+    AuditCheckpoint {
+        seq: head.seq,
+        hash: head.hash.clone().unwrap_or_default(),
+        at_ms,
+        key: "ab".repeat(32),
+        signature: "cd".repeat(64),
+    }
+}
+
+/// Runs one statement on its own connection, beside the store's pool.
+async fn raw_execute(config: &StoreConfig, sql: &str) {
+    match config {
+        StoreConfig::Sqlite { path } => {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("raw sqlite connection");
+            sqlx::query(sql).execute(&mut c).await.expect(sql);
+            let _ = c.close().await;
+        }
+        StoreConfig::Postgres { url, .. } => {
+            let mut c = sqlx::PgConnection::connect(url)
+                .await
+                .expect("raw postgres connection");
+            sqlx::query(sql).execute(&mut c).await.expect(sql);
+            let _ = c.close().await;
+        }
+    }
+}
+
+async fn audit_append_and_read(store: Store, _: StoreConfig) {
+    let audit = store.audit();
+    assert_eq!(audit.head().await.expect("head"), Some(ChainHead::empty()));
+    assert_eq!(audit.count().await.expect("count"), 0);
+    assert_eq!(audit.max_seq().await.expect("max"), None);
+    assert_eq!(audit.latest_checkpoint().await.expect("latest"), None);
+    assert_eq!(audit.max_checkpoint_id().await.expect("max id"), None);
+
+    let mut built = Vec::new();
+    let appended = audit
+        .append(|head| {
+            assert_eq!(*head, ChainHead::empty());
+            built = continue_chain(head, 3, "acme", 1);
+            AuditBatch {
+                entries: built.clone(),
+                checkpoint: None,
+            }
+        })
+        .await
+        .expect("first batch");
+    assert_eq!(appended.previous, ChainHead::empty());
+    assert_eq!(
+        appended.head,
+        ChainHead {
+            seq: 3,
+            hash: Some(fake_hash(1, 3))
+        }
+    );
+    assert!(!appended.checkpointed);
+    // Every field round-trips, absent ones included.
+    assert_eq!(
+        audit
+            .entries(&AuditQuery::default(), 10)
+            .await
+            .expect("entries"),
+        built
+    );
+
+    // Larger than one INSERT statement's worth of rows, under other tenants.
+    let second = audit
+        .append(|head| AuditBatch {
+            entries: continue_chain(head, 600, "beta", 1),
+            checkpoint: None,
+        })
+        .await
+        .expect("big batch");
+    assert_eq!(second.previous.seq, 3);
+    assert_eq!(second.head.seq, 603);
+    assert_eq!(audit.count().await.expect("count"), 603);
+    assert_eq!(audit.max_seq().await.expect("max"), Some(603));
+    assert_eq!(audit.head().await.expect("head"), Some(second.head.clone()));
+
+    // An empty batch without a checkpoint changes nothing.
+    let idle = audit
+        .append(|_| AuditBatch::default())
+        .await
+        .expect("empty");
+    assert_eq!(idle.head, second.head);
+
+    // Paging in seq order, and the filters.
+    let mut seen = Vec::new();
+    let mut query = AuditQuery::default();
+    loop {
+        let page = audit.entries(&query, 250).await.expect("page");
+        let Some(last) = page.last() else { break };
+        query.after_seq = last.seq;
+        seen.extend(page.iter().map(|r| r.seq));
+    }
+    assert_eq!(seen, (1..=603).collect::<Vec<i64>>());
+    let window = audit
+        .entries(
+            &AuditQuery {
+                after_seq: 10,
+                through_seq: Some(20),
+                since_ms: Some(15_000),
+                tenant: None,
+            },
+            100,
+        )
+        .await
+        .expect("window");
+    assert_eq!(
+        window.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (15..=20).collect::<Vec<i64>>()
+    );
+    let acme_only = audit
+        .entries(
+            &AuditQuery {
+                tenant: Some(tid("acme")),
+                ..AuditQuery::default()
+            },
+            1000,
+        )
+        .await
+        .expect("tenant filter");
+    assert_eq!(acme_only, built);
+    assert_eq!(
+        audit.first_seq_since(42_500).await.expect("since"),
+        Some(43)
+    );
+    assert_eq!(
+        audit.first_seq_since(1_000_000_000).await.expect("since"),
+        None
+    );
+    // Limits clamp rather than fail.
+    assert_eq!(
+        audit
+            .entries(&AuditQuery::default(), 0)
+            .await
+            .expect("clamped")
+            .len(),
+        1
+    );
+}
+
+async fn audit_batches_must_continue_the_head(store: Store, config: StoreConfig) {
+    let audit = store.audit();
+    audit
+        .append(|head| AuditBatch {
+            entries: continue_chain(head, 2, "acme", 1),
+            checkpoint: None,
+        })
+        .await
+        .expect("seed");
+    let head = audit.head().await.expect("head").expect("head row");
+
+    let skip = audit
+        .append(|h| {
+            let mut entries = continue_chain(h, 2, "acme", 1);
+            entries.remove(0);
+            AuditBatch {
+                entries,
+                checkpoint: None,
+            }
+        })
+        .await;
+    assert_invalid(skip, "audit entry seq");
+    let unlinked = audit
+        .append(|h| {
+            let mut entries = continue_chain(h, 2, "acme", 1);
+            entries[0].prev_hash = fake_hash(9, 9);
+            AuditBatch {
+                entries,
+                checkpoint: None,
+            }
+        })
+        .await;
+    assert_invalid(unlinked, "audit entry prev_hash");
+    let bad_hash = audit
+        .append(|h| {
+            let mut entries = continue_chain(h, 1, "acme", 1);
+            entries[0].hash = "XYZ".into();
+            AuditBatch {
+                entries,
+                checkpoint: None,
+            }
+        })
+        .await;
+    assert_invalid(bad_hash, "audit entry hash");
+    let nul = audit
+        .append(|h| {
+            let mut entries = continue_chain(h, 1, "acme", 1);
+            entries[0].message = Some("a\0b".into());
+            AuditBatch {
+                entries,
+                checkpoint: None,
+            }
+        })
+        .await;
+    assert_invalid(nul, "audit entry message");
+    let stale_checkpoint = audit
+        .append(|h| AuditBatch {
+            entries: continue_chain(h, 1, "acme", 1),
+            checkpoint: Some(checkpoint_of(h, 5)),
+        })
+        .await;
+    assert_invalid(stale_checkpoint, "audit checkpoint");
+
+    // Nothing of the refused batches was stored.
+    assert_eq!(audit.count().await.expect("count"), 2);
+    assert_eq!(audit.head().await.expect("head"), Some(head));
+    assert_eq!(audit.latest_checkpoint().await.expect("latest"), None);
+
+    // Without the head row there is no chain to append to.
+    raw_execute(&config, "DELETE FROM audit_head").await;
+    assert_eq!(audit.head().await.expect("head"), None);
+    let headless = audit
+        .append(|h| AuditBatch {
+            entries: continue_chain(h, 1, "acme", 1),
+            checkpoint: None,
+        })
+        .await;
+    assert!(
+        matches!(&headless, Err(StoreError::Conflict { message }) if message.contains("head row")),
+        "{headless:?}"
+    );
+    assert_eq!(audit.count().await.expect("count"), 2);
+}
+
+async fn audit_checkpoints_and_paging(store: Store, _: StoreConfig) {
+    let audit = store.audit();
+    // A checkpoint in the same transaction as its batch.
+    let first = audit
+        .append(|h| {
+            let entries = continue_chain(h, 10, "acme", 1);
+            let head = ChainHead {
+                seq: 10,
+                hash: Some(entries[9].hash.clone()),
+            };
+            AuditBatch {
+                entries,
+                checkpoint: Some(checkpoint_of(&head, 111)),
+            }
+        })
+        .await
+        .expect("batch with checkpoint");
+    assert!(first.checkpointed);
+    // A checkpoint on its own, of the current head.
+    let alone = audit
+        .append(|h| AuditBatch {
+            entries: Vec::new(),
+            checkpoint: Some(checkpoint_of(h, 222)),
+        })
+        .await
+        .expect("checkpoint only");
+    assert!(alone.checkpointed);
+    assert_eq!(alone.head, first.head);
+    audit
+        .append(|h| {
+            let entries = continue_chain(h, 5, "acme", 1);
+            let head = ChainHead {
+                seq: 15,
+                hash: Some(entries[4].hash.clone()),
+            };
+            AuditBatch {
+                entries,
+                checkpoint: Some(checkpoint_of(&head, 333)),
+            }
+        })
+        .await
+        .expect("third");
+
+    let latest = audit
+        .latest_checkpoint()
+        .await
+        .expect("latest")
+        .expect("some");
+    assert_eq!((latest.checkpoint.seq, latest.checkpoint.at_ms), (15, 333));
+    assert_eq!(
+        latest.checkpoint.hash,
+        audit
+            .head()
+            .await
+            .expect("head")
+            .and_then(|h| h.hash)
+            .unwrap_or_default()
+    );
+    let max_id = audit.max_checkpoint_id().await.expect("max").expect("some");
+    let all = audit.checkpoints(None, max_id, 100).await.expect("all");
+    assert_eq!(
+        all.iter()
+            .map(|c| (c.checkpoint.seq, c.checkpoint.at_ms))
+            .collect::<Vec<_>>(),
+        [(10, 111), (10, 222), (15, 333)]
+    );
+    // One at a time by (seq, id).
+    let mut after = None;
+    let mut paged = Vec::new();
+    loop {
+        let page = audit.checkpoints(after, max_id, 1).await.expect("page");
+        let Some(c) = page.first() else { break };
+        after = Some((c.checkpoint.seq, c.id));
+        paged.push(c.clone());
+    }
+    assert_eq!(paged, all);
+    // Pinned to the checkpoints that existed at some id.
+    let pinned = audit
+        .checkpoints(None, all[1].id, 100)
+        .await
+        .expect("pinned");
+    assert_eq!(pinned, all[..2]);
+}
+
+async fn audit_tenant_scope_reads_only_its_own(store: Store, _: StoreConfig) {
+    let a = tenant(&store, "tenant-a").await;
+    let b = tenant(&store, "tenant-b").await;
+    let audit = store.audit();
+    // Interleaved tenants, and one that is not registered: audit entries
+    // are system records, refused calls of unknown tenants included.
+    for (n, who) in [
+        "tenant-a", "tenant-b", "tenant-a", "ghost", "tenant-a", "tenant-b",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        audit
+            .append(|h| AuditBatch {
+                entries: continue_chain(h, 1, who, n as u32),
+                checkpoint: None,
+            })
+            .await
+            .expect("append");
+    }
+    let a_log = store.scope(&a).audit();
+    assert_eq!(a_log.tenant(), &a);
+    assert_eq!(a_log.count().await.expect("count"), 3);
+    let listed = a_log.list(0, 100).await.expect("list");
+    assert_eq!(listed.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
+    assert!(listed.iter().all(|r| r.tenant == "tenant-a"));
+    assert_eq!(
+        a_log
+            .list(1, 1)
+            .await
+            .expect("page")
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [3]
+    );
+    assert_eq!(
+        a_log
+            .recent(2)
+            .await
+            .expect("recent")
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [5, 3]
+    );
+    let b_seqs: Vec<i64> = store
+        .scope(&b)
+        .audit()
+        .list(0, 100)
+        .await
+        .expect("list b")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(b_seqs, [2, 6]);
+    assert_eq!(
+        store
+            .scope(&tid("nobody"))
+            .audit()
+            .count()
+            .await
+            .expect("count"),
+        0
+    );
+
+    // Deleting a tenant leaves its audit entries: removing them would break
+    // the chain, and the record of what the tenant did must outlive it.
+    store.tenants().delete(&a).await.expect("delete tenant");
+    assert_eq!(a_log.count().await.expect("count"), 3);
+    assert_eq!(audit.count().await.expect("count"), 6);
+}
+
+async fn audit_concurrent_appenders_stay_linear(store: Store, config: StoreConfig) {
+    // Separate pools stand in for separate processes (replicas).
+    const WRITERS: u32 = 4;
+    const BATCHES: usize = 15;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            let replica = Store::open(&config).await.expect("opening a replica");
+            let audit = replica.audit();
+            for _ in 0..BATCHES {
+                audit
+                    .append(|h| AuditBatch {
+                        // Hashes name the writer: two writers building on
+                        // the same head would collide on seq.
+                        entries: continue_chain(h, 3, "acme", writer + 1),
+                        checkpoint: None,
+                    })
+                    .await
+                    .expect("concurrent append");
+            }
+            replica.close().await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let audit = store.audit();
+    let all = audit
+        .entries(&AuditQuery::default(), 10_000)
+        .await
+        .expect("all");
+    let total = i64::from(WRITERS) * BATCHES as i64 * 3;
+    assert_eq!(all.len() as i64, total);
+    let mut prev = "0".repeat(64);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1);
+        assert_eq!(r.prev_hash, prev, "seq {}", r.seq);
+        prev = r.hash.clone();
+    }
+    assert_eq!(
+        audit.head().await.expect("head"),
+        Some(ChainHead {
+            seq: total,
+            hash: Some(prev)
+        })
+    );
+}
+
+// ---- API keys and device codes (cellgate-auth) ------------------------------
+
+both_backends!(
+    api_keys_create_list_revoke,
+    api_keys_lookup_and_last_used,
+    api_keys_invalid_and_conflicting,
+    device_codes_lifecycle,
+    device_codes_poll_pacing,
+);
+
+fn new_key(id: &str, principal: &str, roles: &[&str]) -> cellgate_store::NewApiKey {
+    cellgate_store::NewApiKey {
+        key_id: id.into(),
+        principal: principal.into(),
+        name: format!("key {id}"),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        secret_hash: format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdA${id}"),
+        expires_at_ms: None,
+    }
+}
+
+fn wall_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+async fn api_keys_create_list_revoke(store: Store, _: StoreConfig) {
+    let acme = store.scope(&tenant(&store, "acme").await).api_keys();
+    let beta = store.scope(&tenant(&store, "beta").await).api_keys();
+    let later = wall_ms() + 3_600_000;
+    let k1 = acme
+        .insert(&cellgate_store::NewApiKey {
+            expires_at_ms: Some(later),
+            ..new_key("k1", "ci-bot", &["deployer", "reader"])
+        })
+        .await
+        .expect("insert k1");
+    assert_eq!(
+        (
+            k1.key_id.as_str(),
+            k1.tenant.as_str(),
+            k1.principal.as_str(),
+            k1.name.as_str()
+        ),
+        ("k1", "acme", "ci-bot", "key k1")
+    );
+    assert_eq!(k1.roles, ["deployer", "reader"]);
+    assert_eq!(k1.expires_at_ms, Some(later));
+    assert_eq!((k1.revoked_at_ms, k1.last_used_at_ms), (None, None));
+    assert!(k1.created_at_ms > 0 && !k1.is_revoked() && !k1.is_expired_at(wall_ms()));
+    assert!(k1.is_expired_at(later));
+    assert!(
+        !format!("{k1:?}").contains("c2FsdA"),
+        "the hash leaks in Debug"
+    );
+    acme.insert(&new_key("k2", "ada", &[]))
+        .await
+        .expect("insert k2");
+    beta.insert(&new_key("k3", "bob", &["admin"]))
+        .await
+        .expect("insert k3");
+
+    let ids = |list: Vec<cellgate_store::ApiKeyRecord>| {
+        list.into_iter().map(|k| k.key_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(acme.list().await.expect("list")), ["k1", "k2"]);
+    assert_eq!(ids(beta.list().await.expect("list")), ["k3"]);
+    assert_eq!(acme.get("k1").await.expect("get"), Some(k1.clone()));
+    // Another tenant's scope neither sees nor revokes nor deletes the key.
+    assert_eq!(beta.get("k1").await.expect("get"), None);
+    assert_eq!(beta.revoke("k1").await.expect("revoke"), None);
+    assert!(!beta.delete("k1").await.expect("delete"));
+    assert!(!acme.get("k1").await.expect("get").expect("k1").is_revoked());
+
+    let revoked = acme.revoke("k1").await.expect("revoke").expect("found");
+    let first_time = revoked.revoked_at_ms.expect("revoked");
+    let again = acme.revoke("k1").await.expect("revoke").expect("found");
+    assert_eq!(
+        again.revoked_at_ms,
+        Some(first_time),
+        "the first revocation time stays"
+    );
+    assert_eq!(acme.revoke("nope").await.expect("revoke"), None);
+
+    assert!(acme.delete("k2").await.expect("delete"));
+    assert!(!acme.delete("k2").await.expect("delete"));
+    assert_eq!(ids(acme.list().await.expect("list")), ["k1"]);
+}
+
+async fn api_keys_lookup_and_last_used(store: Store, _: StoreConfig) {
+    let beta_id = tenant(&store, "beta").await;
+    let beta = store.scope(&beta_id).api_keys();
+    beta.insert(&new_key("k3", "bob", &["admin"]))
+        .await
+        .expect("insert");
+    let directory = store.api_keys();
+    let found = directory.find("k3").await.expect("find").expect("exists");
+    assert_eq!(
+        (found.tenant.as_str(), found.principal.as_str()),
+        ("beta", "bob")
+    );
+    // Untrusted ids find nothing rather than failing.
+    for id in ["missing", "bad id!", "", &"x".repeat(65)] {
+        assert_eq!(directory.find(id).await.expect("find"), None, "{id:?}");
+    }
+
+    directory.record_last_used(&[]).await.expect("empty batch");
+    directory
+        .record_last_used(&[("k3".into(), 5_000), ("ghost".into(), 1)])
+        .await
+        .expect("record");
+    let last = |r: Option<cellgate_store::ApiKeyRecord>| r.and_then(|r| r.last_used_at_ms);
+    assert_eq!(last(directory.find("k3").await.expect("find")), Some(5_000));
+    // Never backwards.
+    directory
+        .record_last_used(&[("k3".into(), 4_000)])
+        .await
+        .expect("record");
+    assert_eq!(last(directory.find("k3").await.expect("find")), Some(5_000));
+    directory
+        .record_last_used(&[("k3".into(), 6_000)])
+        .await
+        .expect("record");
+    assert_eq!(last(beta.get("k3").await.expect("get")), Some(6_000));
+
+    // Deleting the tenant deletes its keys.
+    store
+        .tenants()
+        .delete(&beta_id)
+        .await
+        .expect("delete tenant");
+    assert_eq!(directory.find("k3").await.expect("find"), None);
+}
+
+async fn api_keys_invalid_and_conflicting(store: Store, _: StoreConfig) {
+    let acme = store.scope(&tenant(&store, "acme").await).api_keys();
+    let beta = store.scope(&tenant(&store, "beta").await).api_keys();
+    acme.insert(&new_key("dup", "a", &[]))
+        .await
+        .expect("insert");
+    // Key ids are unique across tenants.
+    let message = assert_conflict(beta.insert(&new_key("dup", "b", &[])).await);
+    assert!(message.contains("dup"), "{message}");
+    let ghost = store.scope(&tid("ghost")).api_keys();
+    let unknown = ghost.insert(&new_key("g1", "a", &[])).await;
+    assert!(
+        matches!(&unknown, Err(StoreError::UnknownTenant { tenant }) if tenant.as_str() == "ghost"),
+        "{unknown:?}"
+    );
+
+    assert_invalid(
+        acme.insert(&new_key("bad id", "a", &[])).await,
+        "api key id",
+    );
+    assert_invalid(acme.insert(&new_key("", "a", &[])).await, "api key id");
+    assert_invalid(
+        acme.insert(&new_key("k", " ", &[])).await,
+        "api key principal",
+    );
+    assert_invalid(acme.insert(&new_key("k", "a", &[""])).await, "role");
+    let many: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_invalid(acme.insert(&new_key("k", "a", &many)).await, "roles");
+    assert_invalid(
+        acme.insert(&cellgate_store::NewApiKey {
+            secret_hash: String::new(),
+            ..new_key("k", "a", &[])
+        })
+        .await,
+        "api key secret hash",
+    );
+    assert_invalid(
+        acme.insert(&cellgate_store::NewApiKey {
+            expires_at_ms: Some(wall_ms() - 1),
+            ..new_key("k", "a", &[])
+        })
+        .await,
+        "api key expiry",
+    );
+    assert_invalid(acme.get("no spaces please").await, "api key id");
+    assert_eq!(
+        acme.list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|k| k.key_id)
+            .collect::<Vec<_>>(),
+        ["dup"]
+    );
+}
+
+fn grant(hash: &str, user_code: &str, now: i64, ttl_ms: i64) -> cellgate_store::NewDeviceCode {
+    cellgate_store::NewDeviceCode {
+        device_code_hash: hash.into(),
+        user_code: user_code.into(),
+        client_id: Some("cellgate-cli".into()),
+        scope: Some("mcp:tools".into()),
+        interval_secs: 5,
+        created_at_ms: now,
+        expires_at_ms: now + ttl_ms,
+    }
+}
+
+async fn device_codes_lifecycle(store: Store, _: StoreConfig) {
+    use cellgate_store::{DeviceApproval, DeviceCodeStatus};
+    let acme = tenant(&store, "acme").await;
+    let devices = store.device_codes();
+    let now = wall_ms();
+    devices
+        .create(&grant("h1", "BCDF-GHJK", now, 600_000))
+        .await
+        .expect("create");
+    assert_conflict(
+        devices
+            .create(&grant("h2", "BCDF-GHJK", now, 600_000))
+            .await,
+    );
+    assert_conflict(
+        devices
+            .create(&grant("h1", "ZZZZ-ZZZZ", now, 600_000))
+            .await,
+    );
+    assert_invalid(
+        devices.create(&grant("h3", "", now, 600_000)).await,
+        "user code",
+    );
+    assert_invalid(
+        devices.create(&grant("h3", "XXXX-XXXX", now, 0)).await,
+        "device code expiry",
+    );
+
+    let pending = devices
+        .find_by_user_code("BCDF-GHJK")
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(pending.status, DeviceCodeStatus::Pending);
+    assert_eq!(
+        (
+            pending.tenant.as_ref(),
+            pending.principal.as_ref(),
+            pending.roles.len()
+        ),
+        (None, None, 0)
+    );
+    assert_eq!(pending.client_id.as_deref(), Some("cellgate-cli"));
+    assert_eq!(pending.scope.as_deref(), Some("mcp:tools"));
+    assert_eq!(pending.interval_secs, 5);
+
+    let approval = |tenant: &TenantId| DeviceApproval {
+        tenant: tenant.clone(),
+        principal: "ada".into(),
+        roles: vec!["dev".into(), "tester".into()],
+        approved_by: "acme-admin".into(),
+    };
+    let unknown = devices
+        .approve("BCDF-GHJK", &approval(&tid("ghost")), now)
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::UnknownTenant { .. })),
+        "{unknown:?}"
+    );
+    assert!(
+        devices
+            .approve("BCDF-GHJK", &approval(&acme), now)
+            .await
+            .expect("approve")
+    );
+    let approved = devices
+        .find_by_user_code("BCDF-GHJK")
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(approved.status, DeviceCodeStatus::Approved);
+    assert_eq!(approved.tenant.as_ref(), Some(&acme));
+    assert_eq!(approved.roles, ["dev", "tester"]);
+    assert_eq!(approved.approved_by.as_deref(), Some("acme-admin"));
+    // Decided once only.
+    assert!(
+        !devices
+            .approve("BCDF-GHJK", &approval(&acme), now)
+            .await
+            .expect("approve")
+    );
+    assert!(!devices.deny("BCDF-GHJK", "x", now).await.expect("deny"));
+
+    // Taken exactly once, and gone afterwards.
+    let taken = devices
+        .take_approved("h1", now)
+        .await
+        .expect("take")
+        .expect("approved");
+    assert_eq!(taken.principal.as_deref(), Some("ada"));
+    assert_eq!(devices.take_approved("h1", now).await.expect("take"), None);
+    assert_eq!(
+        devices.find_by_user_code("BCDF-GHJK").await.expect("find"),
+        None
+    );
+
+    devices
+        .create(&grant("h4", "CDFG-HJKL", now, 600_000))
+        .await
+        .expect("create");
+    assert!(
+        devices
+            .deny("CDFG-HJKL", "acme-admin", now)
+            .await
+            .expect("deny")
+    );
+    let denied = devices
+        .find_by_user_code("CDFG-HJKL")
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(denied.status, DeviceCodeStatus::Denied);
+    assert_eq!(devices.take_approved("h4", now).await.expect("take"), None);
+
+    // Expired grants can be neither approved nor taken, and are purged.
+    devices
+        .create(&grant("h5", "DFGH-JKLM", now, 1_000))
+        .await
+        .expect("create");
+    assert!(
+        !devices
+            .approve("DFGH-JKLM", &approval(&acme), now + 1_000)
+            .await
+            .expect("approve")
+    );
+    assert!(
+        devices
+            .find_by_user_code("DFGH-JKLM")
+            .await
+            .expect("find")
+            .expect("exists")
+            .is_expired_at(now + 1_000)
+    );
+    let purged = devices.purge_expired(now + 2_000).await.expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(
+        devices.find_by_user_code("DFGH-JKLM").await.expect("find"),
+        None
+    );
+    assert!(
+        devices
+            .find_by_user_code("CDFG-HJKL")
+            .await
+            .expect("find")
+            .is_some()
+    );
+}
+
+async fn device_codes_poll_pacing(store: Store, _: StoreConfig) {
+    use cellgate_store::DeviceApproval;
+    let acme = tenant(&store, "acme").await;
+    let devices = store.device_codes();
+    let t0 = wall_ms();
+    devices
+        .create(&grant("p1", "FGHJ-KLMN", t0, 600_000))
+        .await
+        .expect("create");
+    let poll = |at: i64| {
+        let devices = devices.clone();
+        async move {
+            let p = devices
+                .poll("p1", at, 5)
+                .await
+                .expect("poll")
+                .expect("exists");
+            (p.too_fast, p.record.interval_secs, p.record.last_poll_at_ms)
+        }
+    };
+    // The first poll is never too fast.
+    assert_eq!(poll(t0).await, (false, 5, Some(t0)));
+    // Too early: slow_down, and the interval grows by 5 seconds.
+    assert_eq!(poll(t0 + 1_000).await, (true, 10, Some(t0 + 1_000)));
+    // Measured against the grown interval and the latest poll.
+    assert_eq!(poll(t0 + 10_999).await, (true, 15, Some(t0 + 10_999)));
+    assert_eq!(poll(t0 + 25_999).await, (false, 15, Some(t0 + 25_999)));
+    assert_eq!(devices.poll("unknown", t0, 5).await.expect("poll"), None);
+
+    // Once approved, pace no longer matters: the token is ready.
+    devices
+        .approve(
+            "FGHJ-KLMN",
+            &DeviceApproval {
+                tenant: acme,
+                principal: "ada".into(),
+                roles: vec![],
+                approved_by: "admin".into(),
+            },
+            t0,
+        )
+        .await
+        .expect("approve");
+    assert_eq!(poll(t0 + 26_000).await, (false, 15, Some(t0 + 26_000)));
 }
