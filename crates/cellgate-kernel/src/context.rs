@@ -92,6 +92,48 @@ impl Principal {
     }
 }
 
+/// The tenant a request runs in and the principal making it, as the
+/// transport's authentication established it (HTTP puts one into every
+/// request's extensions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub tenant: String,
+    pub principal: Principal,
+}
+
+impl Identity {
+    /// Nobody, in `tenant`.
+    pub fn anonymous(tenant: &str) -> Identity {
+        Identity {
+            tenant: tenant.to_owned(),
+            principal: Principal::anonymous(),
+        }
+    }
+
+    /// The local operator (stdio, CLI) in `tenant`.
+    pub fn local_operator(tenant: &str) -> Identity {
+        Identity {
+            tenant: tenant.to_owned(),
+            principal: Principal::local_operator(),
+        }
+    }
+
+    /// The tenant as [`CallContext::tenant`] wants it.
+    pub fn tenant_arc(&self) -> Arc<str> {
+        Arc::from(self.tenant.as_str())
+    }
+
+    /// Whether the credential carries the OAuth scope.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.principal.scopes.iter().any(|s| s == scope)
+    }
+
+    /// Whether the principal holds the role.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.principal.roles.iter().any(|r| r == role)
+    }
+}
+
 /// Severity of `notifications/message`, ordered as RFC 5424 (debug lowest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

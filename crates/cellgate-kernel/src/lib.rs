@@ -24,7 +24,7 @@ mod trail;
 
 pub use catalog::{Catalog, PAGE_SIZE};
 pub use context::{
-    AuthMethod, CallContext, ClientPeer, DetachedPeer, LogLevel, Principal, PrincipalKind,
+    AuthMethod, CallContext, ClientPeer, DetachedPeer, Identity, LogLevel, Principal, PrincipalKind,
 };
 pub use error::{McpError, codes};
 pub use layers::{MeterLayer, TraceLayer};
