@@ -17,19 +17,26 @@ mod env;
 mod inspect;
 mod policy;
 mod types;
+mod upstreams;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use audit::AuditConfig;
-pub use auth::AuthConfig;
+pub use audit::{AuditBackpressure, AuditConfig};
+pub use auth::{
+    ApiKeysConfig, AuthConfig, IssuerConfig, JwtAlgorithm, LocalIssuerConfig, PrincipalKindConfig,
+};
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use inspect::{FilterConfig, InspectConfig};
+pub use inspect::{
+    FilterAction, FilterActionOverrides, FilterActions, FilterConfig, FilterTenantConfig,
+    InspectConfig, InspectTenantConfig, NationalIdPattern,
+};
 pub use policy::{
     PermissionRuleConfig, PolicyConfig, RateLimitBackend, RateLimitConfig, RatePlan, RoleSet,
     RuleKind,
 };
 pub use types::*;
+pub use upstreams::*;
 
 /// The file read when no `--config` is given: `./cellgate.toml`, if present.
 pub fn default_config_path() -> Option<PathBuf> {
