@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cellgate_kernel::McpError;
+use cellgate_kernel::{Identity, McpError};
 use futures_util::stream::{self, Stream};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -264,7 +264,13 @@ async fn read_body(server: &McpServer, req: Request) -> Result<Bytes, Refusal> {
         .map_err(|_| too_big())
 }
 
-fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<Session>, Refusal> {
+/// The session a request names, if it exists and belongs to the caller. A
+/// session of someone else answers exactly like an unknown one.
+fn session_from_headers(
+    server: &McpServer,
+    headers: &HeaderMap,
+    identity: &Identity,
+) -> Result<Arc<Session>, Refusal> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(plain_error(
             StatusCode::BAD_REQUEST,
@@ -273,7 +279,11 @@ fn session_from_headers(server: &McpServer, headers: &HeaderMap) -> Result<Arc<S
         ));
     };
     match server.sessions.get(id) {
-        Some(s) if s.transport == TransportKind::StreamableHttp => Ok(s),
+        Some(s) if s.transport == TransportKind::StreamableHttp && s.admits(identity) => {
+            // A refreshed credential may carry new roles or claims.
+            s.set_identity(identity.clone());
+            Ok(s)
+        }
         _ => Err(plain_error(
             StatusCode::NOT_FOUND,
             -32001,
@@ -387,8 +397,18 @@ impl Outbound for UnrelatedStream {
     }
 }
 
+/// The identity an authentication layer in front of the router put on the
+/// request; without one, the anonymous caller of the default tenant.
+fn identity_of(server: &McpServer, extensions: &axum::http::Extensions) -> Identity {
+    extensions
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant))
+}
+
 async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Response {
     let headers = req.headers().clone();
+    let identity = identity_of(&server, req.extensions());
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
@@ -425,7 +445,7 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
             if let Err(r) = check_version_header(header_version.as_deref(), Value::Null) {
                 return *r;
             }
-            let session = match session_from_headers(&server, &headers) {
+            let session = match session_from_headers(&server, &headers, &identity) {
                 Ok(s) => s,
                 Err(r) => return *r,
             };
@@ -441,6 +461,7 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
         header_version.as_deref(),
         &msg,
         prefer_sse,
+        &identity,
     )
     .await
     {
@@ -466,10 +487,16 @@ async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Respons
                 ),
             );
         }
-        return initialize(server, id.clone(), params.clone().unwrap_or_default()).await;
+        return initialize(
+            server,
+            id.clone(),
+            params.clone().unwrap_or_default(),
+            identity,
+        )
+        .await;
     }
 
-    let session = match session_from_headers(&server, &headers) {
+    let session = match session_from_headers(&server, &headers, &identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -489,8 +516,10 @@ async fn initialize(
     server: Arc<McpServer>,
     id: Value,
     params: serde_json::Map<String, Value>,
+    identity: Identity,
 ) -> Response {
     let session = Session::new(TransportKind::StreamableHttp, server.config.sse_history);
+    session.set_identity(identity);
     let out: Arc<dyn Outbound> = Arc::new(UnrelatedStream(session.clone()));
     let msg = Message::Request {
         id: id.clone(),
@@ -645,7 +674,14 @@ async fn post_batch(
     }
 }
 
-async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
+async fn get_mcp(
+    State(server): State<Arc<McpServer>>,
+    identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = identity
+        .map(|Extension(i)| i)
+        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
@@ -659,7 +695,7 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
     if let Err(r) = check_version_header(header_version(&headers).as_deref(), Value::Null) {
         return *r;
     }
-    let session = match session_from_headers(&server, &headers) {
+    let session = match session_from_headers(&server, &headers, &identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -699,11 +735,18 @@ async fn get_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Re
     )
 }
 
-async fn delete_mcp(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
+async fn delete_mcp(
+    State(server): State<Arc<McpServer>>,
+    identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = identity
+        .map(|Extension(i)| i)
+        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
-    let session = match session_from_headers(&server, &headers) {
+    let session = match session_from_headers(&server, &headers, &identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -739,11 +782,19 @@ impl Drop for LegacyGuard {
     }
 }
 
-async fn legacy_sse(State(server): State<Arc<McpServer>>, headers: HeaderMap) -> Response {
+async fn legacy_sse(
+    State(server): State<Arc<McpServer>>,
+    identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = identity
+        .map(|Extension(i)| i)
+        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
     let session = Session::new(TransportKind::LegacySse, server.config.sse_history);
+    session.set_identity(identity);
     let (tx, rx) = mpsc::unbounded_channel();
     session.set_direct(Arc::new(LegacyChannel(tx)));
     server.sessions.insert(session.clone());
@@ -792,6 +843,7 @@ async fn legacy_post(
     req: Request,
 ) -> Response {
     let headers = req.headers().clone();
+    let identity = identity_of(&server, req.extensions());
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
@@ -806,7 +858,7 @@ async fn legacy_post(
         );
     };
     let session = match server.sessions.get(&id) {
-        Some(s) if s.transport == TransportKind::LegacySse => s,
+        Some(s) if s.transport == TransportKind::LegacySse && s.admits(&identity) => s,
         _ => {
             return *plain_error(
                 StatusCode::NOT_FOUND,

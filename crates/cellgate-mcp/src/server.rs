@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cellgate_kernel::{
-    BoxFuture, Call, CallContext, CancellationToken, ClientPeer, LogLevel, McpError, Metrics,
-    Pipeline, Principal, ProviderEvent, Request, Tool, codes,
+    BoxFuture, Call, CallContext, CancellationToken, ClientPeer, Identity, LogLevel, McpError,
+    Metrics, Pipeline, ProviderEvent, Request, Tool, codes,
 };
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::jsonrpc::{self, Message};
 use crate::mrtr::{INPUT_METHODS, InputRound, RequestBinding, StateSealer, StatelessPeer};
 use crate::protocol;
-use crate::session::{Outbound, Session, SessionRegistry};
+use crate::session::{Outbound, Session, SessionRegistry, TransportKind};
 use crate::stateless;
 use crate::subscriptions::{Listener, SubscriptionFilter};
 use crate::tasks::{
@@ -564,8 +564,20 @@ impl McpServer {
     }
 
     /// Who owns what a call leaves behind (tasks, request states).
-    fn owner(&self, principal: &Principal) -> String {
-        format!("{}\u{0}{}", self.tenant, principal.id)
+    fn owner(&self, identity: &Identity) -> String {
+        format!("{}\u{0}{}", identity.tenant, identity.principal.id)
+    }
+
+    /// The session's identity. Without one: on stdio the local operator
+    /// (whoever can start the process can read its data directory), else the
+    /// anonymous caller of the default tenant (no authentication layer).
+    fn identity_of(&self, session: &Session) -> Identity {
+        session
+            .identity()
+            .unwrap_or_else(|| match session.transport {
+                TransportKind::Stdio => Identity::local_operator(&self.tenant),
+                _ => Identity::anonymous(&self.tenant),
+            })
     }
 
     /// A request of the stateless revision (the session is the request's own).
@@ -603,7 +615,7 @@ impl McpServer {
             return Err(McpError::method_not_found(method));
         };
         let mut ctx = self.context(session, &params, token.clone(), out);
-        let owner = self.owner(&ctx.principal);
+        let owner = self.owner(&self.identity_of(session));
         let round = if INPUT_METHODS.contains(&method) {
             let binding = RequestBinding::new(&owner, method, &params);
             Some(Arc::new(InputRound::from_params(
@@ -713,7 +725,9 @@ impl McpServer {
             return Err(missing_tasks_capability(method));
         }
         let id = param_str(params, "taskId")?;
-        let task = self.tasks.get(&self.owner(&Principal::anonymous()), id)?;
+        let task = self
+            .tasks
+            .get(&self.owner(&self.identity_of(session)), id)?;
         match method {
             "tasks/get" => Ok(task.detailed()),
             "tasks/update" => {
@@ -769,9 +783,10 @@ impl McpServer {
         cancel: CancellationToken,
         out: Arc<dyn Outbound>,
     ) -> CallContext {
+        let identity = self.identity_of(session);
         CallContext {
-            tenant: self.tenant.clone(),
-            principal: Principal::anonymous(),
+            tenant: identity.tenant_arc(),
+            principal: identity.principal,
             session_id: Some(session.id.clone()),
             protocol_version: session.version(),
             client_capabilities: session.client_capabilities(),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cellgate_kernel::{CancellationToken, LogLevel, McpError};
+use cellgate_kernel::{CancellationToken, Identity, LogLevel, McpError};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,6 +66,9 @@ pub struct Session {
     /// with a single channel (stdio, legacy SSE); HTTP uses stream 0.
     direct: RwLock<Option<Arc<dyn Outbound>>>,
     pub closed: CancellationToken,
+    /// Who opened the session (set by the transport); only the same
+    /// principal of the same tenant may use it afterwards.
+    identity: RwLock<Option<Identity>>,
     /// Cancelled when the transport's input ends (stdio EOF): calls in
     /// flight finish, but open-ended ones (`subscriptions/listen`) stop.
     input_ended: CancellationToken,
@@ -76,6 +79,30 @@ fn key(id: &Value) -> String {
 }
 
 impl Session {
+    /// Who the session belongs to; `None` until a transport says.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records who makes the session's requests. The first identity binds
+    /// the session; later ones (a refreshed token: new claims or roles) must
+    /// be the same principal in the same tenant, see [`Session::admits`].
+    pub fn set_identity(&self, identity: Identity) {
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = Some(identity);
+    }
+
+    /// Whether `who` may use this session. A session id that leaks to
+    /// another principal is worth nothing to it.
+    pub fn admits(&self, who: &Identity) -> bool {
+        match &*self.identity.read().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some(owner) => owner.tenant == who.tenant && owner.principal.id == who.principal.id,
+        }
+    }
+
     pub fn new(transport: TransportKind, history_limit: usize) -> Arc<Self> {
         let s = Arc::new(Self {
             id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
@@ -96,6 +123,7 @@ impl Session {
             started: Instant::now(),
             direct: RwLock::new(None),
             closed: CancellationToken::new(),
+            identity: RwLock::new(None),
             input_ended: CancellationToken::new(),
         });
         s.touch();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use cellgate_kernel::{LogLevel, McpError, codes};
+use cellgate_kernel::{Identity, LogLevel, McpError, codes};
 use serde_json::{Map, Value, json};
 
 use crate::jsonrpc::{self, Message};
@@ -253,6 +253,7 @@ pub async fn try_handle(
     header_version: Option<&str>,
     msg: &Message,
     prefer_sse: bool,
+    identity: &Identity,
 ) -> Option<Response> {
     if headers.contains_key(crate::http::SESSION_HEADER) || !is_stateless(msg, header_version) {
         return None;
@@ -274,6 +275,7 @@ pub async fn try_handle(
         Ok(s) => s,
         Err(e) => return Some(reject(e)),
     };
+    session.set_identity(identity.clone());
     if method == "tools/call"
         && let Some(params) = params
         && let Some(name) = params.get("name").and_then(Value::as_str)

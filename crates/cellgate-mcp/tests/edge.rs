@@ -1559,3 +1559,110 @@ async fn a_cancelled_call_leaves_no_pending_client_request() {
     }
     assert_eq!(s.pending_count(), 0, "the dropped wait removed its entry");
 }
+
+/// An edge behind a stand-in authentication layer that takes the caller
+/// from `x-test-caller: principal@tenant`.
+async fn start_with_callers() -> (SocketAddr, Arc<McpServer>) {
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+    use cellgate_kernel::{AuthMethod, Identity, Principal, PrincipalKind};
+
+    async fn identify(mut req: Request, next: Next) -> axum::response::Response {
+        let caller = req
+            .headers()
+            .get("x-test-caller")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('@'))
+            .map(|(p, t)| (p.to_owned(), t.to_owned()));
+        if let Some((principal, tenant)) = caller {
+            req.extensions_mut().insert(Identity {
+                tenant,
+                principal: Principal {
+                    id: Arc::from(principal.as_str()),
+                    kind: PrincipalKind::User,
+                    roles: Arc::from(vec!["admin".to_owned()]),
+                    scopes: Arc::from(Vec::new()),
+                    auth: AuthMethod::Jwt,
+                    claims: None,
+                },
+            });
+        }
+        next.run(req).await
+    }
+
+    let server = server_with(EdgeConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = cellgate_mcp::http::router(server.clone()).layer(middleware::from_fn(identify));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, server)
+}
+
+#[tokio::test]
+async fn sessions_belong_to_the_principal_that_opened_them() {
+    let (addr, server) = start_with_callers().await;
+    let as_caller = |who: &'static str, sid: Option<String>, body: Value| async move {
+        let mut h = vec![JSON, ACCEPT, ("x-test-caller", who)];
+        let sid_owned = sid.unwrap_or_default();
+        if !sid_owned.is_empty() {
+            h.push(("mcp-session-id", sid_owned.as_str()));
+        }
+        raw(addr, "POST", "/mcp", &h, body.to_string().as_bytes()).await
+    };
+    let r = as_caller("alice@acme", None, init_body("2025-11-25", json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
+    assert_eq!(
+        as_caller("alice@acme", Some(sid.clone()), list.clone())
+            .await
+            .status,
+        200
+    );
+    // Another principal, or the same name in another tenant, cannot use it,
+    // and cannot tell it from a session that does not exist.
+    for intruder in ["bob@acme", "alice@beta"] {
+        let r = as_caller(intruder, Some(sid.clone()), list.clone()).await;
+        assert_eq!(r.status, 404, "{intruder}: {}", r.body);
+        let r = raw(
+            addr,
+            "GET",
+            "/mcp",
+            &[
+                ("accept", "text/event-stream"),
+                ("mcp-session-id", &sid),
+                ("x-test-caller", intruder),
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 404, "{intruder} GET: {}", r.body);
+        let r = raw(
+            addr,
+            "DELETE",
+            "/mcp",
+            &[("mcp-session-id", &sid), ("x-test-caller", intruder)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 404, "{intruder} DELETE");
+    }
+    assert!(
+        server.sessions.get(&sid).is_some(),
+        "the intruders changed nothing"
+    );
+    let owner = server.sessions.get(&sid).unwrap().identity().unwrap();
+    assert_eq!(
+        (owner.tenant.as_str(), &*owner.principal.id),
+        ("acme", "alice")
+    );
+    let r = raw(
+        addr,
+        "DELETE",
+        "/mcp",
+        &[("mcp-session-id", &sid), ("x-test-caller", "alice@acme")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+}
