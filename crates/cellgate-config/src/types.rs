@@ -36,6 +36,10 @@ pub struct Config {
     pub policy: crate::PolicyConfig,
     /// Rate limits per tenant, principal and tool.
     pub rate_limit: crate::RateLimitConfig,
+    /// Upstream MCP servers federated behind this gateway (`[[upstreams]]`).
+    pub upstreams: Vec<crate::UpstreamConfig>,
+    /// How upstreams' tools, prompts and resources are combined.
+    pub federation: crate::FederationConfig,
 }
 
 /// HTTP listener and the MCP edge's limits.

@@ -120,6 +120,8 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     config.audit.validate(&mut p);
     config.policy.validate(&mut p);
     config.rate_limit.validate(&mut p);
+    config.federation.validate(&mut p);
+    crate::upstreams::validate_upstreams(&config.upstreams, &mut p);
     p
 }
 
