@@ -48,7 +48,7 @@ def test_stable_pending_scenarios_pass(demo_server):
     assert total[1] == 0
 
 
-@pytest.mark.parametrize("revision", ["2025-11-25"])
+@pytest.mark.parametrize("revision", ["2025-11-25", "2026-07-28"])
 def test_requirement_set_passes(demo_server, revision):
     out, scenarios, total = run_suite(NEXT, demo_server.url, "--requirements", revision)
     assert not failed(scenarios), f"failed: {failed(scenarios)}\n{out[-4000:]}"

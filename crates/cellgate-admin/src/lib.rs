@@ -11,6 +11,7 @@
 //! Not here: the decisions themselves (cellgate-policy), credentials
 //! (cellgate-auth), the audit chain (cellgate-audit).
 
+mod keys;
 mod tools;
 
 use std::sync::{Arc, OnceLock, Weak};
@@ -21,9 +22,27 @@ use serde_json::{Map, Value, json};
 
 pub use tools::ADMIN_TOOLS;
 
+/// The services some administrative tools act on; a tool whose service is
+/// absent is not offered.
+#[derive(Default, Clone)]
+pub struct AdminServices {
+    pub api_keys: Option<Arc<cellgate_auth::ApiKeyService>>,
+    pub audit: Option<AuditTools>,
+}
+
+/// What the audit tools need.
+#[derive(Clone)]
+pub struct AuditTools {
+    pub sink: cellgate_audit::AuditSink,
+    pub store: cellgate_store::Store,
+    /// Keys whose checkpoints verify (this instance's, and other replicas').
+    pub trusted: Vec<cellgate_audit::VerifyingKey>,
+}
+
 /// The provider of administrative tools.
 pub struct AdminProvider {
     directory: Arc<Directory>,
+    services: AdminServices,
     tools: Vec<Tool>,
     /// The catalog this provider sits in, to read what other providers'
     /// tools declare (set once after the catalog is built; weak, since the
@@ -32,10 +51,18 @@ pub struct AdminProvider {
 }
 
 impl AdminProvider {
-    pub fn new(directory: Arc<Directory>) -> Arc<Self> {
+    pub fn new(directory: Arc<Directory>, services: AdminServices) -> Arc<Self> {
+        let mut tools = tools::definitions();
+        if services.api_keys.is_some() {
+            tools.extend(keys::definitions());
+        }
+        if services.audit.is_some() {
+            tools.extend(keys::audit_definitions());
+        }
         Arc::new(Self {
             directory,
-            tools: tools::definitions(),
+            services,
+            tools,
             catalog: OnceLock::new(),
         })
     }
@@ -47,6 +74,10 @@ impl AdminProvider {
 
     pub(crate) fn catalog(&self) -> Option<Arc<Catalog>> {
         self.catalog.get().and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn services(&self) -> &AdminServices {
+        &self.services
     }
 
     pub(crate) fn directory(&self) -> &Directory {

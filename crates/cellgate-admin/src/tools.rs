@@ -32,7 +32,7 @@ pub const ADMIN_TOOLS: &[&str] = &[
 
 const TENANT_ARG: &str = "Tenant to act on; default: the caller's own. Other tenants need an administrator of the operator tenant.";
 
-fn def(
+pub(crate) fn def(
     name: &str,
     description: &str,
     properties: Value,
@@ -224,7 +224,7 @@ pub(crate) fn definitions() -> Vec<Tool> {
     ]
 }
 
-fn string(args: &Map<String, Value>, key: &str) -> Result<Option<String>, McpError> {
+pub(crate) fn string(args: &Map<String, Value>, key: &str) -> Result<Option<String>, McpError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -234,11 +234,11 @@ fn string(args: &Map<String, Value>, key: &str) -> Result<Option<String>, McpErr
     }
 }
 
-fn required(args: &Map<String, Value>, key: &str) -> Result<String, McpError> {
+pub(crate) fn required(args: &Map<String, Value>, key: &str) -> Result<String, McpError> {
     string(args, key)?.ok_or_else(|| McpError::invalid_params(format!("`{key}` is required")))
 }
 
-fn strings(args: &Map<String, Value>, key: &str) -> Result<Vec<String>, McpError> {
+pub(crate) fn strings(args: &Map<String, Value>, key: &str) -> Result<Vec<String>, McpError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -265,11 +265,11 @@ fn boolean(args: &Map<String, Value>, key: &str) -> Result<bool, McpError> {
     }
 }
 
-fn tenant_id(s: &str) -> Result<TenantId, McpError> {
+pub(crate) fn tenant_id(s: &str) -> Result<TenantId, McpError> {
     TenantId::parse(s).map_err(|e| McpError::invalid_params(e.to_string()))
 }
 
-fn store_err(e: StoreError) -> McpError {
+pub(crate) fn store_err(e: StoreError) -> McpError {
     match e {
         StoreError::Invalid { .. } => McpError::invalid_params(e.to_string()),
         other => {
@@ -294,7 +294,11 @@ fn tenant_json(t: &cellgate_store::Tenant) -> Value {
     json!({ "id": t.id.as_str(), "name": t.name, "status": t.status.as_str(), "plan": t.plan, "created_at_ms": t.created_at_ms })
 }
 
-fn operator_only(p: &AdminProvider, ctx: &CallContext, what: &str) -> Result<(), McpError> {
+pub(crate) fn operator_only(
+    p: &AdminProvider,
+    ctx: &CallContext,
+    what: &str,
+) -> Result<(), McpError> {
     if p.is_operator(ctx) {
         Ok(())
     } else {
@@ -573,6 +577,7 @@ pub(crate) async fn call(
             Ok(ok(json!({ "tenant": target, "rules": rules })))
         }
         "check_tenant_permission" => check_permission(p, ctx, &args).await,
+        other if crate::keys::handles(other) => crate::keys::call(p, ctx, other, args).await,
         other => Err(McpError::invalid_params(format!("unknown tool: {other}"))),
     }
 }

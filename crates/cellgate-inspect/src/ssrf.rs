@@ -116,7 +116,16 @@ pub(crate) fn internal_target(
             continue;
         }
         found_url = true;
-        if let Some(reason) = authority_target(&s[colon + 1 + slashes..], allow) {
+        let scheme_start = s[..colon]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let network = is_network_scheme(&s[scheme_start..colon]);
+        if let Some(reason) = authority_target(&s[colon + 1 + slashes..], allow)
+            // A single-label name is only a way into the intranet when a
+            // network client resolves it; `test://example-resource` or an
+            // MCP resource URI is not fetched by anyone.
+            && (network || reason != SINGLE_LABEL)
+        {
             return Some(reason);
         }
     }
@@ -135,6 +144,18 @@ pub(crate) fn internal_target(
         return authority_target(trimmed, allow);
     }
     None
+}
+
+const SINGLE_LABEL: &str = "single-label host name";
+
+/// Schemes whose URLs some client fetches over the network (or that have
+/// no scheme at all, like `//host`), where a single-label name matters.
+fn is_network_scheme(scheme: &str) -> bool {
+    const NETWORK: [&str; 14] = [
+        "", "http", "https", "ws", "wss", "ftp", "ftps", "sftp", "tftp", "gopher", "dict", "ldap",
+        "ldaps", "smb",
+    ];
+    NETWORK.iter().any(|n| scheme.eq_ignore_ascii_case(n))
 }
 
 /// Classifies the host at the start of `rest` (what follows `scheme://`).
@@ -226,7 +247,7 @@ fn host_target(host: &str, allow: &SsrfAllow) -> Option<&'static str> {
     }
     if !host.contains('.') {
         // Resolved through the search domains of the gateway's network.
-        return Some("single-label host name");
+        return Some(SINGLE_LABEL);
     }
     None
 }
@@ -453,6 +474,8 @@ mod tests {
             "http://8.8.8.8/",
             "https://1.1.1.1/dns-query",
             "https://api.github.com/repos",
+            "test://example-resource",
+            "cellgate+upstream://memory/knowledge",
             "version 10.0.0.1 released",
             "mailto:someone@example.com",
             "https://[2606:4700::1111]/",

@@ -163,7 +163,10 @@ pub async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<Ex
             serde_json::to_string_pretty(&v).context("printing the result")?
         );
     }
-    instance.store.close().await;
+    Arc::into_inner(instance)
+        .expect("no other owner of the instance")
+        .shutdown()
+        .await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,8 +10,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cellgate_admin::AdminProvider;
+use cellgate_admin::{AdminProvider, AdminServices, AuditTools};
+use cellgate_audit::{
+    AuditMetrics, AuditSink, AuditStage, AuditWriter, Backpressure, WriterConfig, spawn_writer,
+};
+use cellgate_auth::{AuthStack, InstanceKey};
 use cellgate_config::{Config, RateLimitBackend, StoreBackend};
+use cellgate_federation::Federation;
+use cellgate_inspect::{ContentFilterStage, InspectStage};
 use cellgate_kernel::{
     CallRecord, Catalog, MeterLayer, Metrics, Pipeline, Provider, StageLayer, TraceLayer,
 };
@@ -63,9 +69,30 @@ pub struct Instance {
     pub server: Arc<McpServer>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub auth: AuthStack,
+    pub audit: Option<(AuditSink, AuditWriter)>,
+    pub federation: Option<Arc<Federation>>,
+    pub instance_key: Arc<InstanceKey>,
 }
 
-/// Builds the instance: store (migrated), providers, pipeline, edge.
+impl Instance {
+    /// Stops background work: stores every audit entry already accepted
+    /// (and signs a final checkpoint), stops upstreams, closes the store.
+    pub async fn shutdown(self) {
+        if let Some(f) = &self.federation {
+            f.shutdown();
+        }
+        if let Some((_, writer)) = self.audit
+            && !writer.shutdown(Duration::from_secs(10)).await
+        {
+            tracing::error!("some audit entries could not be stored before shutdown");
+        }
+        self.store.close().await;
+    }
+}
+
+/// Builds the instance: store (migrated), identity and keys, providers, the
+/// trust pipeline, the edge.
 pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     let store = Store::open(&store_config(config))
         .await
@@ -85,26 +112,99 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         Directory::new(store.clone(), config.policy.clone())
             .map_err(|e| anyhow::anyhow!("invalid [policy]: {e}"))?,
     );
+    let auth = AuthStack::from_config(config, store.clone())
+        .map_err(|e| anyhow::anyhow!("invalid [auth]: {e}"))?;
+    let instance_key = match &auth.instance_key {
+        Some(k) => k.clone(),
+        None => Arc::new(
+            InstanceKey::load_or_create(&config.data_dir())
+                .map_err(|e| anyhow::anyhow!("instance key: {e}"))?,
+        ),
+    };
+    let metrics = Metrics::new();
 
-    let admin = AdminProvider::new(directory.clone());
+    let audit = if config.audit.enabled {
+        let audit_metrics = AuditMetrics::new();
+        metrics.with_registry(|r| audit_metrics.register(r));
+        let a = &config.audit;
+        let writer_config = WriterConfig {
+            batch_size: a.batch_size as usize,
+            channel_capacity: a.channel_capacity as usize,
+            checkpoint_every_entries: a.checkpoint_every_entries,
+            checkpoint_every: a.checkpoint_every(),
+            backpressure: a
+                .backpressure_wait()
+                .map_or(Backpressure::Refuse, Backpressure::Wait),
+        };
+        Some(spawn_writer(
+            store.audit(),
+            instance_key.signing_key().clone(),
+            writer_config,
+            audit_metrics,
+        ))
+    } else {
+        tracing::warn!(
+            "audit is off ([audit] enabled = false): calls leave no tamper-evident record"
+        );
+        None
+    };
+
+    let federation = if config.upstreams.is_empty() {
+        None
+    } else {
+        let f = Federation::builder(config.federation.clone(), config.upstreams.clone())
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
+        Some(Arc::new(f))
+    };
+
+    let admin = AdminProvider::new(
+        directory.clone(),
+        AdminServices {
+            api_keys: auth.api_keys.clone(),
+            audit: audit.as_ref().map(|(sink, _)| AuditTools {
+                sink: sink.clone(),
+                store: store.clone(),
+                trusted: vec![instance_key.verifying_key()],
+            }),
+        },
+    );
     // The demo provider comes first: the conformance suite calls the first
     // listed tool with empty arguments, which the demo tools accept.
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if config.demo.enabled {
         providers.push(ConformanceProvider::new(Duration::from_secs(5)));
     }
+    if let Some(f) = &federation {
+        providers.push(f.clone());
+    }
     providers.push(admin.clone());
     let catalog = Catalog::new(providers);
     admin.attach(&catalog);
 
-    let metrics = Metrics::new();
     let (records_tx, records_rx) = mpsc::channel::<CallRecord>(8192);
     spawn_call_log_writer(store.clone(), records_rx);
 
     // Layers are added from the inside out: the last one added sees a call
-    // first. Meter and audit wrap the security layers so that refused calls
-    // are counted and audited too.
-    let mut builder = Pipeline::builder(catalog.clone()).layer(StageLayer::new(AuthorizeStage {
+    // first. The order a call meets them: meter, trace, audit, authenticate,
+    // tenant, rate limit, authorize, inspect, filter, dispatch. Meter and
+    // audit wrap the security layers so refused calls are counted and
+    // audited too; the filter redacts arguments just before dispatch, after
+    // inspection judged them as the caller sent them.
+    let mut builder = Pipeline::builder(catalog.clone());
+    if config.filter.enabled {
+        let filter = ContentFilterStage::from_config(&config.filter)
+            .map_err(|e| anyhow::anyhow!("invalid [filter]: {e}"))?;
+        metrics.with_registry(|r| filter.stats().register(r));
+        builder = builder.layer(filter.into_layer());
+    }
+    if config.inspect.enabled {
+        let inspect = InspectStage::from_config(&config.inspect, catalog.clone())
+            .map_err(|e| anyhow::anyhow!("invalid [inspect]: {e}"))?;
+        builder = builder.layer(inspect.into_layer());
+    }
+    builder = builder.layer(StageLayer::new(AuthorizeStage {
         directory: directory.clone(),
         catalog: catalog.clone(),
     }));
@@ -115,13 +215,17 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
             config: config.rate_limit.clone(),
         }));
     }
-    let pipeline = builder
+    builder = builder
         .layer(StageLayer::new(TenantStage {
             directory: directory.clone(),
         }))
         .layer(StageLayer::new(RequireAuthStage {
             required: config.auth.required,
-        }))
+        }));
+    if let Some((sink, _)) = &audit {
+        builder = builder.layer(AuditStage::layer(sink.clone()));
+    }
+    let pipeline = builder
         .layer(TraceLayer)
         .layer(MeterLayer::new(metrics.clone()).with_records(records_tx))
         .build();
@@ -130,6 +234,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         server,
         store,
         metrics,
+        auth,
+        audit,
+        federation,
+        instance_key,
     })
 }
 
@@ -286,7 +394,32 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
     if metrics_enabled {
         ops = ops.route("/metrics", get(metrics));
     }
-    cellgate_mcp::http::router(instance.server.clone()).merge(ops.with_state(health))
+    cellgate_mcp::http::router(instance.server.clone())
+        .merge(ops.with_state(health))
+        .merge(instance.auth.routes())
+        .layer(instance.auth.layer())
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Headers every response carries: no sniffing, no framing, no referrer,
+/// no caching of answers that may hold tenant data.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'; form-action 'self'; style-src 'unsafe-inline'",
+        ),
+    ] {
+        h.entry(name)
+            .or_insert(header::HeaderValue::from_static(value));
+    }
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -302,13 +435,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback: anyone who can reach this address can call every tool (authentication arrives with the trust pipeline)");
+    if config.auth.required {
+        tracing::info!("authentication required: bearer tokens (JWT) or API keys");
+    } else {
+        tracing::warn!(
+            tenant = "local",
+            roles = ?config.policy.anonymous_roles,
+            "authentication is optional: callers without a credential act as the anonymous principal of the local tenant (set [auth] required = true to refuse them)"
+        );
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "listening beyond loopback without required authentication: anyone who can reach this address acts as the local tenant's anonymous caller");
+        }
     }
-    tracing::info!(
-        tenant = "local",
-        "no authentication configured: every caller is the anonymous principal of the single local tenant"
-    );
     println!(
         "cellgate {} listening on http://{local}/mcp",
         env!("CARGO_PKG_VERSION")
@@ -321,12 +459,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.demo.enabled {
         println!("  demo:        conformance tools, resources and prompts are served");
     }
+    let _background = instance.auth.spawn_background();
     let app = http_app(&instance, config.metrics.enabled);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
-    instance.store.close().await;
+    instance.shutdown().await;
     Ok(())
 }
 
@@ -336,7 +475,7 @@ pub async fn stdio(config: Config) -> anyhow::Result<()> {
     cellgate_mcp::stdio::serve_stdio(instance.server.clone())
         .await
         .context("serving stdio")?;
-    instance.store.close().await;
+    instance.shutdown().await;
     Ok(())
 }
 
