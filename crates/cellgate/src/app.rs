@@ -72,7 +72,6 @@ pub struct Instance {
     pub auth: AuthStack,
     pub audit: Option<(AuditSink, AuditWriter)>,
     pub federation: Option<Arc<Federation>>,
-    pub instance_key: Arc<InstanceKey>,
 }
 
 impl Instance {
@@ -237,7 +236,6 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         auth,
         audit,
         federation,
-        instance_key,
     })
 }
 

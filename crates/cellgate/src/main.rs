@@ -4,6 +4,7 @@
 mod admin;
 mod app;
 mod bench;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,43 @@ enum Command {
         instance: InstanceArgs,
         #[command(subcommand)]
         command: admin::TenantCommand,
+    },
+    /// Manage API keys (runs the administrative tools as the local operator).
+    Key {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: ops::KeyCommand,
+    },
+    /// Issue development tokens signed with this instance's key.
+    Token {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: ops::TokenCommand,
+    },
+    /// Verify or export the tamper-evident audit log.
+    Audit {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: ops::AuditCommand,
+    },
+    /// Sign in to a cellgate instance with the device flow; the token is kept
+    /// in ~/.config/cellgate/token.
+    Login {
+        /// The instance's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Add the servers of a Claude Desktop / Cursor / VS Code MCP config
+    /// (`mcpServers` or `servers` JSON) as upstreams to a cellgate.toml.
+    Import {
+        /// claude_desktop_config.json, .cursor/mcp.json or .vscode/mcp.json.
+        file: PathBuf,
+        /// The cellgate.toml to add them to (created if missing).
+        #[arg(long, default_value = "cellgate.toml")]
+        config: PathBuf,
     },
     /// Measure calls/s and latency over Streamable HTTP against a bare HTTP baseline.
     Bench(bench::BenchArgs),
@@ -141,6 +179,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Key { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(ops::key(config, command))
+        }
+        Command::Token { instance, command } => ops::token(app::load_config(&instance)?, command),
+        Command::Audit { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(ops::audit(config, command))
+        }
+        Command::Login { url } => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(ops::login(&url))
+        }
+        Command::Import { file, config } => ops::import(&file, &config),
         Command::Tenant { instance, command } => {
             let config = app::load_config(&instance)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
