@@ -45,10 +45,12 @@ def free_port() -> int:
 class Server:
     """A `cellgate serve` child process."""
 
-    def __init__(self, *extra: str, config: str | None = None):
+    def __init__(self, *extra: str, config: str | None = None, port: int | None = None,
+                 data_dir: Path | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="cellgate-interop-"))
-        self.port = free_port()
-        args = [cellgate_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data")]
+        self.port = port or free_port()
+        data = data_dir or self.dir / "data"
+        args = [cellgate_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data)]
         if config is not None:
             path = self.dir / "cellgate.toml"
             path.write_text(config)

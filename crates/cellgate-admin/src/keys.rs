@@ -139,7 +139,10 @@ pub(crate) async fn call(
                 "revoke_api_key" => {
                     let id = required(&args, "id")?;
                     match keys.revoke(&tenant, &id).await {
-                        Ok(_) => Ok(ok(json!({ "tenant": target, "id": id, "revoked": true }))),
+                        Ok(Some(_)) => {
+                            Ok(ok(json!({ "tenant": target, "id": id, "revoked": true })))
+                        }
+                        Ok(None) => Ok(failed(format!("tenant `{target}` has no API key `{id}`"))),
                         Err(e) => Ok(failed(e.to_string())),
                     }
                 }

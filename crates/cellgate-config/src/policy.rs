@@ -154,7 +154,8 @@ pub enum RateLimitBackend {
 }
 
 /// Sustained rates (calls per second) and bursts; a rate of 0 means no
-/// limit, a burst of 0 means "as many as one second's rate".
+/// limit (the burst is then unused), a burst of 0 means "as many as one
+/// second's rate".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RatePlan {
@@ -198,22 +199,6 @@ impl RateLimitConfig {
                 ))
             }
             _ => {}
-        }
-        for (name, plan) in &self.plans {
-            for (k, rate, burst) in [
-                ("tenant", plan.tenant_per_second, plan.tenant_burst),
-                ("principal", plan.principal_per_second, plan.principal_burst),
-                ("tool", plan.tool_per_second, plan.tool_burst),
-            ] {
-                if rate == 0 && burst > 0 {
-                    p.push(Problem::new(
-                        format!("rate_limit.plans.{name}.{k}_burst"),
-                        format!(
-                            "a burst without a rate: set {k}_per_second too, or 0 for no limit"
-                        ),
-                    ));
-                }
-            }
         }
     }
 }

@@ -599,19 +599,42 @@ async fn run_request(
         if let Some(g) = guard {
             g.disarm();
         }
-        let status = match mode {
-            Mode::Stateless => serde_json::from_str::<Value>(data)
-                .ok()
-                .and_then(|v| v.pointer("/error/code").and_then(Value::as_i64))
-                .map_or(StatusCode::OK, crate::stateless::http_status),
-            Mode::Session => StatusCode::OK,
+        let error = serde_json::from_str::<Value>(data)
+            .ok()
+            .and_then(|v| v.get("error").cloned());
+        let code = error
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64);
+        let status = match (mode, code) {
+            (Mode::Stateless, Some(c)) => crate::stateless::http_status(c),
+            // A rate limit is an HTTP matter too: proxies and clients know
+            // 429 + Retry-After, whatever the revision.
+            (Mode::Session, Some(cellgate_kernel::codes::RATE_LIMITED)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => StatusCode::OK,
         };
-        return (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             data.to_string(),
         )
             .into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(ms) = error
+                .as_ref()
+                .and_then(|e| e.pointer("/data/retryAfterMs"))
+                .and_then(Value::as_u64)
+        {
+            // Retry-After counts whole seconds; round up so a client that
+            // obeys it is not refused again.
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+        }
+        return response;
     }
     let mut head = vec![priming(
         &session.event_id(stream, 0),

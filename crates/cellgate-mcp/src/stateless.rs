@@ -241,6 +241,7 @@ pub fn http_status(error_code: i64) -> StatusCode {
         | codes::MISSING_REQUIRED_CLIENT_CAPABILITY
         | codes::UNSUPPORTED_PROTOCOL_VERSION => StatusCode::BAD_REQUEST,
         codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        codes::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::OK,
     }
 }
