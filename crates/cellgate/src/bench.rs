@@ -48,7 +48,12 @@ impl Outcome {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn post(url: &str, body: &Value, session: Option<&str>) -> Request<Full<Bytes>> {
+fn post(
+    url: &str,
+    body: &Value,
+    session: Option<&str>,
+    bearer: Option<&str>,
+) -> Request<Full<Bytes>> {
     let mut b = Request::post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -56,14 +61,21 @@ fn post(url: &str, body: &Value, session: Option<&str>) -> Request<Full<Bytes>> 
     if let Some(s) = session {
         b = b.header("mcp-session-id", s);
     }
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
     b.body(Full::new(Bytes::from(body.to_string())))
         .expect("static request parts are valid")
 }
 
-async fn open_session(client: &HttpClient, url: &str) -> anyhow::Result<Option<String>> {
+async fn open_session(
+    client: &HttpClient,
+    url: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"cellgate-bench","version":"1"}}});
-    let resp = client.request(post(url, &init, None)).await?;
+    let resp = client.request(post(url, &init, None, bearer)).await?;
     let session = resp
         .headers()
         .get("mcp-session-id")
@@ -76,13 +88,18 @@ async fn open_session(client: &HttpClient, url: &str) -> anyhow::Result<Option<S
     }
     if let Some(s) = &session {
         let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-        let r = client.request(post(url, &note, Some(s))).await?;
+        let r = client.request(post(url, &note, Some(s), bearer)).await?;
         r.into_body().collect().await?;
     }
     Ok(session)
 }
 
-async fn load(name: &'static str, url: String, args: &BenchArgs) -> anyhow::Result<Outcome> {
+async fn load(
+    name: &'static str,
+    url: String,
+    bearer: Option<String>,
+    args: &BenchArgs,
+) -> anyhow::Result<Outcome> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -94,8 +111,9 @@ async fn load(name: &'static str, url: String, args: &BenchArgs) -> anyhow::Resu
     for worker in 0..args.sessions {
         let client = client.clone();
         let url = url.clone();
+        let bearer = bearer.clone();
         tasks.push(tokio::spawn(async move {
-            let session = open_session(&client, &url).await?;
+            let session = open_session(&client, &url, bearer.as_deref()).await?;
             let mut lat = Vec::with_capacity(1 << 16);
             let mut errors = 0usize;
             let mut i = 0u64;
@@ -108,7 +126,10 @@ async fn load(name: &'static str, url: String, args: &BenchArgs) -> anyhow::Resu
                 let call = json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
                     "params":{"name":"echo","arguments":{"text":format!("w{worker}-{i}")}}});
                 let t = Instant::now();
-                let ok = match client.request(post(&url, &call, session.as_deref())).await {
+                let ok = match client
+                    .request(post(&url, &call, session.as_deref(), bearer.as_deref()))
+                    .await
+                {
                     Ok(r) => {
                         let good = r.status().is_success();
                         match r.into_body().collect().await {
@@ -192,21 +213,60 @@ async fn start_baseline() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Serves `app` on a free loopback port.
+async fn serve_on_loopback(app: axum::Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// The bare edge: the MCP edge and the demo provider, no trust layers.
+fn bare_edge() -> axum::Router {
+    use cellgate_kernel::{Catalog, Metrics, Pipeline};
+    let metrics = Metrics::new();
+    let catalog = Catalog::new(vec![cellgate_mcp::conformance::ConformanceProvider::new(
+        Duration::from_secs(5),
+    )]);
+    let server = cellgate_mcp::McpServer::new(
+        Pipeline::builder(catalog).build(),
+        cellgate_mcp::EdgeConfig::default(),
+        metrics,
+    );
+    cellgate_mcp::http::router(server)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.sessions == 0 || args.seconds == 0 {
         bail!("--sessions and --seconds must be at least 1");
     }
     let dir = std::env::temp_dir().join(format!("cellgate-bench-{}", std::process::id()));
-    let config = cellgate_config::Config {
+    // The full pipeline: authentication required (a JWT per request,
+    // verified once and cached), tenant, rate limit (a plan high enough not
+    // to refuse), authorization, inspection, content filter, and audit
+    // persisted to SQLite with group commit.
+    let mut config = cellgate_config::Config {
         data_dir: Some(dir.display().to_string()),
         demo: cellgate_config::DemoConfig { enabled: true },
         ..Default::default()
     };
+    config.auth.required = true;
+    if let Some(plan) = config.rate_limit.plans.get_mut("default") {
+        plan.tenant_per_second = 1_000_000;
+        plan.tenant_burst = 1_000_000;
+        plan.principal_per_second = 1_000_000;
+        plan.principal_burst = 1_000_000;
+    }
     let instance = crate::app::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = crate::app::http_app(&instance, true);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let full_addr = serve_on_loopback(crate::app::http_app(&instance, true)).await?;
+    // The token's audience is the configured resource URL, which the
+    // instance checks whatever port the bench happens to serve it on.
+    let token = cellgate_auth::issue_dev_token(
+        &config,
+        &cellgate_auth::TokenRequest::new("local", "bench", &["developer"]),
+    )
+    .map_err(|e| anyhow::anyhow!("issuing the bench token: {e}"))?;
+    let bare_addr = serve_on_loopback(bare_edge()).await?;
     let baseline = start_baseline().await?;
 
     eprintln!(
@@ -221,31 +281,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let base = load(
         "bare hyper (ceiling)",
         format!("http://{baseline}/mcp"),
+        None,
         &args,
     )
     .await?;
-    let edge = load(
-        "cellgate tools/call echo",
-        format!("http://{addr}/mcp"),
+    let bare = load(
+        "bare edge (no trust layers)",
+        format!("http://{bare_addr}/mcp"),
+        None,
         &args,
     )
     .await?;
+    let full = load(
+        "full trust pipeline",
+        format!("http://{full_addr}/mcp"),
+        Some(token.token.expose().to_owned()),
+        &args,
+    )
+    .await?;
+    instance.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let ratio = edge.rate() / base.rate().max(1.0);
+    let results = [&base, &bare, &full];
     if args.json {
         let row = |o: &Outcome| json!({"target": o.name, "calls": o.calls, "errors": o.errors, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us});
         println!(
             "{}",
-            json!({"sessions": args.sessions, "seconds": args.seconds, "results": [row(&base), row(&edge)], "ratio_to_ceiling": ratio})
+            json!({
+                "sessions": args.sessions,
+                "seconds": args.seconds,
+                "results": results.iter().map(|o| row(o)).collect::<Vec<_>>(),
+                "bare_edge_to_ceiling": bare.rate() / base.rate().max(1.0),
+                "full_to_bare_edge": full.rate() / bare.rate().max(1.0),
+            })
         );
     } else {
         println!(
-            "{:<28} {:>12} {:>10} {:>10} {:>8}",
+            "{:<30} {:>12} {:>10} {:>10} {:>8}",
             "target", "calls/s", "p50 µs", "p99 µs", "errors"
         );
-        for o in [&base, &edge] {
+        for o in results {
             println!(
-                "{:<28} {:>12.0} {:>10} {:>10} {:>8}",
+                "{:<30} {:>12.0} {:>10} {:>10} {:>8}",
                 o.name,
                 o.rate(),
                 o.p50_us,
@@ -253,10 +329,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 o.errors
             );
         }
-        println!("cellgate / ceiling: {:.2}", ratio);
+        println!(
+            "bare edge / ceiling:      {:.2}",
+            bare.rate() / base.rate().max(1.0)
+        );
+        println!(
+            "full pipeline / bare edge: {:.2}",
+            full.rate() / bare.rate().max(1.0)
+        );
     }
-    if edge.errors > 0 {
-        bail!("{} calls failed during the benchmark", edge.errors);
+    let failed: usize = [&bare, &full].iter().map(|o| o.errors).sum();
+    if failed > 0 {
+        bail!("{failed} calls failed during the benchmark");
     }
     Ok(())
 }
