@@ -46,7 +46,8 @@ class Server:
     """A `cellgate serve` child process."""
 
     def __init__(self, *extra: str, config: str | None = None, port: int | None = None,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, tls_context=None):
+        self.tls_context = tls_context
         self.dir = Path(tempfile.mkdtemp(prefix="cellgate-interop-"))
         self.port = port or free_port()
         data = data_dir or self.dir / "data"
@@ -62,7 +63,8 @@ class Server:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -74,7 +76,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cellgate exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with urllib.request.urlopen(f"{self.base}/readyz", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=1, context=self.tls_context) as r:
                     if r.status == 200:
                         return
             except OSError:

@@ -18,11 +18,18 @@ use crate::jwt::{ClaimMapping, IssuerSpec, JwtVerifier, KeySpec};
 use crate::{Authenticator, AuthenticatorParts, HttpAuthLayer, ResourceServer, SetupError};
 
 /// The canonical resource URL: `auth.resource_url`, else
-/// `http://<server.listen>/mcp`.
+/// `http(s)://<server.listen>/mcp` (https when TLS is configured).
 pub fn resource_url(config: &Config) -> String {
     match &config.auth.resource_url {
         Some(url) => url.clone(),
-        None => format!("http://{}/mcp", config.server.listen),
+        None => {
+            let scheme = if config.server.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}/mcp", config.server.listen)
+        }
     }
 }
 

@@ -68,6 +68,11 @@ pub struct ServerConfig {
     /// Seconds a server-to-client request (sampling, elicitation, roots)
     /// waits for the client's answer.
     pub request_timeout_secs: u64,
+    /// PEM certificate chain: with `tls_key`, serve HTTPS (rustls) instead
+    /// of plain HTTP.
+    pub tls_cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +87,8 @@ impl Default for ServerConfig {
             sse_retry_ms: 1000,
             sse_history: 256,
             request_timeout_secs: 300,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -70,6 +70,18 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         }
     }
 
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), None) => p.push(Problem::new(
+            "server.tls_key",
+            "required with server.tls_cert",
+        )),
+        (None, Some(_)) => p.push(Problem::new(
+            "server.tls_cert",
+            "required with server.tls_key",
+        )),
+        _ => {}
+    }
+
     let st = &config.store;
     match st.backend {
         StoreBackend::Sqlite => {

@@ -445,13 +445,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(%addr, "listening beyond loopback without required authentication: anyone who can reach this address acts as the local tenant's anonymous caller");
         }
     }
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "cellgate {} listening on http://{local}/mcp",
+        "cellgate {} listening on {scheme}://{local}/mcp",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  legacy SSE:  http://{local}/sse");
+    println!("  legacy SSE:  {scheme}://{local}/sse");
     println!(
-        "  health:      http://{local}/healthz  ready: http://{local}/readyz  metrics: http://{local}/metrics"
+        "  health:      {scheme}://{local}/healthz  ready: {scheme}://{local}/readyz  metrics: {scheme}://{local}/metrics"
     );
     println!("  data:        {}", config.redacted_store_location());
     if config.demo.enabled {
@@ -459,10 +464,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _background = instance.auth.spawn_background();
     let app = http_app(&instance, config.metrics.enabled);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!("loading server.tls_cert {cert} and server.tls_key {key}")
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)
+                .context("serving HTTPS")?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .context("serving HTTPS")?;
+        }
+        _ => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?,
+    }
     instance.shutdown().await;
     Ok(())
 }
