@@ -362,3 +362,30 @@ def test_revoked_and_foreign_keys_are_refused(inst):
     wrong = inst.beta_key[:-6] + "AAAAAA"
     status, _, _ = http(inst, "POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, token=wrong)
     assert status == 401
+
+
+# ---- the REST API is the same pipeline ---------------------------------------
+
+def rest(inst, method: str, path: str, who: str | None, body=None):
+    token = inst.tokens[who] if who else None
+    status, headers, text = http(inst, method, f"/api/v1{path}", body, token=token)
+    return status, (json.loads(text) if text.startswith(("{", "[")) else text)
+
+
+def test_rest_requires_authentication_and_scopes_tenants(inst):
+    assert rest(inst, "GET", "/tools", None)[0] == 401
+    status, body = rest(inst, "GET", "/tools", "acme-dev")
+    assert status == 200 and "test_simple_text" in json.dumps(body)
+    assert "create_tenant" not in json.dumps(body)
+    status, body = rest(inst, "POST", "/tools/test_simple_text", "acme-dev", {})
+    assert status == 200 and body["content"][0]["text"].startswith("This is a simple text")
+    status, body = rest(inst, "GET", "/tenants", "acme-admin")
+    assert status == 200 and [t["id"] for t in body["tenants"]] == ["acme"]
+    for path in ["/tenants/beta", "/tenants/beta/users", "/tenants/beta/keys", "/tenants/beta/rules",
+                 "/tenants/beta/roles"]:
+        status, body = rest(inst, "GET", path, "acme-admin")
+        assert status == 403, (path, status, body)
+        assert "beta-" not in json.dumps(body)
+    assert rest(inst, "POST", "/tenants", "acme-admin", {"id": "evil"})[0] == 403
+    assert rest(inst, "DELETE", "/tenants/beta?confirm=beta", "acme-admin")[0] == 403
+    assert rest(inst, "POST", "/tools/admin_nope", "acme-dev", [])[0] == 400, "a body that is not an object"

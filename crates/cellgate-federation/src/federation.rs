@@ -399,6 +399,30 @@ impl Drop for Federation {
 }
 
 impl Inner {
+    /// With one upstream and unprefixed names, URIs pass through verbatim:
+    /// the gateway is then transparent, and there is nobody to tell apart.
+    fn verbatim_uris(&self) -> bool {
+        self.upstreams.len() == 1 && !self.ns.is_prefixed()
+    }
+
+    /// The URI clients see for `uri` of upstream `name`.
+    fn expose_uri(&self, name: &str, uri: &str) -> String {
+        if self.verbatim_uris() {
+            uri.to_owned()
+        } else {
+            wrap_uri(name, uri)
+        }
+    }
+
+    /// The upstream and original URI a client's URI stands for.
+    fn resolve_uri<'u>(&self, uri: &'u str) -> Option<(usize, &'u str)> {
+        if self.verbatim_uris() {
+            return Some((0, uri));
+        }
+        let (name, original) = unwrap_uri(uri)?;
+        Some((self.find_upstream(name)?, original))
+    }
+
     fn find_upstream(&self, name: &str) -> Option<usize> {
         self.upstreams
             .iter()
@@ -563,7 +587,7 @@ impl Inner {
             }
             Notice::ResourceUpdated(uri) => {
                 let _ = self.events.send(ProviderEvent::ResourceUpdated {
-                    uri: wrap_uri(&name, &uri),
+                    uri: self.expose_uri(&name, &uri),
                 });
             }
         }
@@ -1157,7 +1181,9 @@ impl Provider for Federation {
             let mut result = inner
                 .call(route.upstream, Some(ctx), "tools/call", params)
                 .await?;
-            wrap_tool_result(&up.name, &mut result);
+            if !inner.verbatim_uris() {
+                wrap_tool_result(&up.name, &mut result);
+            }
             Ok(result)
         })
     }
@@ -1184,7 +1210,9 @@ impl Provider for Federation {
             let mut result = inner
                 .call(route.upstream, Some(ctx), "prompts/get", params)
                 .await?;
-            wrap_prompt_result(&inner.upstreams[route.upstream].name, &mut result);
+            if !inner.verbatim_uris() {
+                wrap_prompt_result(&inner.upstreams[route.upstream].name, &mut result);
+            }
             Ok(result)
         })
     }
@@ -1202,7 +1230,7 @@ impl Provider for Federation {
             {
                 let name = &inner.upstreams[i].name;
                 for mut r in parse_items::<Resource>(name, items) {
-                    r.uri = wrap_uri(name, &r.uri);
+                    r.uri = inner.expose_uri(name, &r.uri);
                     out.push(r);
                 }
             }
@@ -1223,7 +1251,7 @@ impl Provider for Federation {
             {
                 let name = &inner.upstreams[i].name;
                 for mut t in parse_items::<ResourceTemplate>(name, items) {
-                    t.uri_template = wrap_uri(name, &t.uri_template);
+                    t.uri_template = inner.expose_uri(name, &t.uri_template);
                     out.push(t);
                 }
             }
@@ -1238,16 +1266,15 @@ impl Provider for Federation {
     ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let Some((name, original)) = unwrap_uri(uri) else {
-                return Err(McpError::resource_not_found(uri));
-            };
-            let Some(idx) = inner.find_upstream(name) else {
+            let Some((idx, original)) = inner.resolve_uri(uri) else {
                 return Err(McpError::resource_not_found(uri));
             };
             let mut result = inner
                 .call(idx, Some(ctx), "resources/read", json!({ "uri": original }))
                 .await?;
-            wrap_read_result(&inner.upstreams[idx].name, &mut result);
+            if !inner.verbatim_uris() {
+                wrap_read_result(&inner.upstreams[idx].name, &mut result);
+            }
             Ok(result)
         })
     }
@@ -1276,10 +1303,7 @@ impl Provider for Federation {
                     let Some(uri) = reference.get("uri").and_then(Value::as_str) else {
                         return Ok(None);
                     };
-                    let Some((name, original)) = unwrap_uri(uri) else {
-                        return Ok(None);
-                    };
-                    let Some(idx) = inner.find_upstream(name) else {
+                    let Some((idx, original)) = inner.resolve_uri(uri) else {
                         return Ok(None);
                     };
                     forwarded["ref"]["uri"] = Value::String(original.to_owned());

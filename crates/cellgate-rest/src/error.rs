@@ -24,6 +24,9 @@ pub(crate) fn status_for(code: i64) -> StatusCode {
         codes::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         codes::BLOCKED => StatusCode::UNPROCESSABLE_ENTITY,
         codes::REQUEST_CANCELLED => StatusCode::REQUEST_TIMEOUT,
+        // The tool asks its client something (sampling, elicitation), which
+        // a REST caller has no way to answer.
+        codes::MISSING_REQUIRED_CLIENT_CAPABILITY => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -30,7 +30,7 @@ mod handlers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{any, delete, get, post};
 use cellgate_kernel::Pipeline;
 
 /// Settings of the REST router.
@@ -90,23 +90,17 @@ pub fn router(pipeline: Pipeline, options: RestOptions) -> Router {
         .route("/api/v1/tenants/{id}/users", get(list_users).post(add_user))
         .route(
             "/api/v1/tenants/{id}/users/{principal}",
-            axum::routing::delete(remove_user),
+            delete(remove_user),
         )
         .route("/api/v1/tenants/{id}/keys", get(list_keys).post(create_key))
-        .route(
-            "/api/v1/tenants/{id}/keys/{key_id}",
-            axum::routing::delete(revoke_key),
-        )
+        .route("/api/v1/tenants/{id}/keys/{key_id}", delete(revoke_key))
         .route("/api/v1/tenants/{id}/rules", get(list_rules).post(set_rule))
-        .route(
-            "/api/v1/tenants/{id}/rules/{rule_id}",
-            axum::routing::delete(delete_rule),
-        )
+        .route("/api/v1/tenants/{id}/rules/{rule_id}", delete(delete_rule))
         .route("/api/v1/tenants/{id}/roles", get(list_roles))
         .route("/api/v1/audit/events", post(create_audit_event))
         .route("/api/v1/audit/verify", get(verify_audit))
         // everything else under the prefix
-        .route("/api/v1/{*rest}", axum::routing::any(no_such_endpoint))
+        .route("/api/v1/{*rest}", any(no_such_endpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

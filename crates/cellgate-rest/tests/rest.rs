@@ -880,6 +880,13 @@ async fn bad_input_is_refused_with_a_message_and_never_reaches_the_pipeline() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let r = exchange(h.addr, &head, &chunked).await;
     expect(&r, 413, codes::INVALID_REQUEST, "exceeds the limit");
+    // An announced length over the limit is refused before the body comes.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\nx-test-principal: alice\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n",
+        h.addr
+    );
+    let r = exchange(h.addr, &head, b"").await;
+    expect(&r, 413, codes::INVALID_REQUEST, "exceeds the limit");
     // Just under the limit is fine.
     let fits = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_BODY - 8));
     assert_eq!(fits.len(), MAX_BODY);

@@ -151,10 +151,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     let federation = if config.upstreams.is_empty() {
         None
     } else {
-        let f = Federation::builder(config.federation.clone(), config.upstreams.clone())
-            .start()
-            .await
-            .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
+        let f = Federation::builder(
+            config.federation.clone(),
+            upstreams_with_loop_guard(config)?,
+        )
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
         Some(Arc::new(f))
     };
 
@@ -237,6 +240,39 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         audit,
         federation,
     })
+}
+
+/// The environment variable that counts how deep in a chain of cellgates
+/// (one fronting another over stdio) this process is.
+const DEPTH_VAR: &str = "CELLGATE_FEDERATION_DEPTH";
+/// Deeper chains are almost surely a loop: a cellgate whose stdio upstream
+/// is a cellgate reading the same cellgate.toml (an inherited working
+/// directory is enough), which would spawn processes without end.
+const MAX_DEPTH: u32 = 4;
+
+/// The configured upstreams, with the depth counter passed on to stdio
+/// children; refuses to start upstreams past [`MAX_DEPTH`].
+fn upstreams_with_loop_guard(
+    config: &Config,
+) -> anyhow::Result<Vec<cellgate_config::UpstreamConfig>> {
+    let depth: u32 = std::env::var(DEPTH_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if depth >= MAX_DEPTH {
+        anyhow::bail!(
+            "upstreams: this cellgate is {depth} levels deep in cellgates fronting cellgates ({DEPTH_VAR}); \
+             this is almost surely a loop (a stdio upstream running `cellgate` that reads the same cellgate.toml). \
+             Give the child its own --config or cwd."
+        );
+    }
+    let mut upstreams = config.upstreams.clone();
+    for u in &mut upstreams {
+        if let cellgate_config::UpstreamTransport::Stdio(t) = &mut u.transport {
+            t.env.insert(DEPTH_VAR.to_owned(), (depth + 1).to_string());
+        }
+    }
+    Ok(upstreams)
 }
 
 async fn rate_limiter(config: &Config) -> anyhow::Result<Arc<dyn RateLimiter>> {
@@ -392,7 +428,15 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
     if metrics_enabled {
         ops = ops.route("/metrics", get(metrics));
     }
+    let rest = cellgate_rest::router(
+        instance.server.pipeline().clone(),
+        cellgate_rest::RestOptions {
+            max_body_bytes: instance.server.config.max_body_bytes,
+            default_tenant: instance.server.config.default_tenant.clone(),
+        },
+    );
     cellgate_mcp::http::router(instance.server.clone())
+        .merge(rest)
         .merge(ops.with_state(health))
         .merge(instance.auth.routes())
         .layer(instance.auth.layer())
