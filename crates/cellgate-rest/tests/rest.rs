@@ -710,7 +710,7 @@ async fn pipeline_errors_map_to_http_statuses() {
         (codes::REQUEST_CANCELLED, 408),
         (codes::INTERNAL_ERROR, 500),
         (codes::SERVER_ERROR, 500),
-        (codes::MISSING_REQUIRED_CLIENT_CAPABILITY, 500),
+        (codes::MISSING_REQUIRED_CLIENT_CAPABILITY, 501),
     ];
     for &(code, status) in table {
         let data = json!({ "why": code, "retryAfterMs": 2001 });
