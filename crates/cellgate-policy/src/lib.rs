@@ -28,6 +28,6 @@ pub use matrix::{Access, Caller, Matrix, Requirement, Rule, RuleError, Target, c
 pub use ratelimit::{LimitKey, MemoryLimiter, RateLimiter, RedisLimiter, limit_keys};
 pub use roles::{Permission, Permissions, Role, Roles};
 pub use stages::{
-    AuthorizeStage, RateLimitStage, RequireAuthStage, TOOL_REQUIREMENT_META, TenantStage,
-    declared_requirement,
+    AuthorizeStage, RateLimitMetrics, RateLimitStage, RequireAuthStage, TOOL_REQUIREMENT_META,
+    TenantStage, declared_requirement,
 };

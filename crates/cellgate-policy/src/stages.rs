@@ -8,6 +8,10 @@ use cellgate_kernel::{
     AuthMethod, BoxFuture, Call, CallContext, Catalog, McpError, Request, Stage, Verdict,
 };
 use cellgate_store::TenantStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 
 use crate::directory::TenantPolicy;
@@ -97,6 +101,35 @@ pub struct RateLimitStage {
     pub directory: Arc<Directory>,
     pub limiter: Arc<dyn RateLimiter>,
     pub config: RateLimitConfig,
+    pub metrics: RateLimitMetrics,
+}
+
+/// `cellgate_rate_limited_total{scope}`: calls refused by a rate limit, by
+/// the scope whose limit was hit (`tenant`, `principal`, `tool`, or
+/// `unavailable` when the limiter itself failed).
+#[derive(Clone, Default)]
+pub struct RateLimitMetrics {
+    refused: Family<ScopeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+impl RateLimitMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rate_limited",
+            "Calls refused by a rate limit, by the scope whose limit was hit",
+            self.refused.clone(),
+        );
+    }
+
+    /// Refusals counted so far for `scope`.
+    pub fn refused(&self, scope: &'static str) -> u64 {
+        self.refused.get_or_create(&ScopeLabel { scope }).get()
+    }
 }
 
 impl Stage for RateLimitStage {
@@ -124,6 +157,10 @@ impl Stage for RateLimitStage {
                     Ok(())
                 }
                 Ok(Limited::Yes { scope, retry_after }) => {
+                    self.metrics
+                        .refused
+                        .get_or_create(&ScopeLabel { scope })
+                        .inc();
                     call.ctx.trail.deny("rate_limit", format!("{scope} limit"));
                     Err(McpError::rate_limited(
                         format!(
@@ -137,6 +174,12 @@ impl Stage for RateLimitStage {
                 Err(e) => {
                     // Deny by default: limits are a control, not a hint.
                     tracing::error!(error = %e, "rate limiter failed; refusing the call");
+                    self.metrics
+                        .refused
+                        .get_or_create(&ScopeLabel {
+                            scope: "unavailable",
+                        })
+                        .inc();
                     call.ctx.trail.deny("rate_limit", "limiter unavailable");
                     Err(McpError::new(
                         cellgate_kernel::codes::SERVER_ERROR,
@@ -379,6 +422,7 @@ mod tests {
 
     struct Fixture {
         pipeline: Pipeline,
+        metrics: RateLimitMetrics,
         directory: Arc<Directory>,
         _dir: TempDir,
     }
@@ -422,6 +466,7 @@ mod tests {
             .unwrap(),
         );
         let catalog = Catalog::new(vec![Arc::new(Tools)]);
+        let metrics = RateLimitMetrics::default();
         let rate = RateLimitConfig {
             plans: [("default".to_owned(), plan)].into(),
             ..Default::default()
@@ -435,6 +480,7 @@ mod tests {
                 directory: directory.clone(),
                 limiter: Arc::new(MemoryLimiter::new()),
                 config: rate,
+                metrics: metrics.clone(),
             }))
             .layer(StageLayer::new(TenantStage {
                 directory: directory.clone(),
@@ -443,6 +489,7 @@ mod tests {
             .build();
         Fixture {
             pipeline,
+            metrics,
             directory,
             _dir: TempDir(dir),
         }
@@ -700,6 +747,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, codes::RATE_LIMITED);
         assert!(e.data.as_ref().unwrap()["retryAfterMs"].as_u64().unwrap() >= 1);
+        assert_eq!(f.metrics.refused("principal"), 1);
+        assert_eq!(f.metrics.refused("tenant"), 0);
         // Someone else is not affected.
         assert!(
             f.pipeline

@@ -42,6 +42,60 @@ pub enum TenantCommand {
     },
 }
 
+/// `cellgate admin TOOL key=value…`: any administrative tool, for what has
+/// no dedicated command (members, roles, rules, permission checks).
+#[derive(clap::Args, Debug)]
+pub struct AdminCall {
+    /// The tool: add_tenant_user, create_role, set_permission_rule,
+    /// check_tenant_permission, list_tenant_users, … (`cellgate admin list`).
+    pub tool: String,
+    /// Arguments as key=value; a value that parses as JSON is taken as JSON
+    /// (`roles='["developer"]'`, `level=30`, `deny=true`), else as a string.
+    pub args: Vec<String>,
+}
+
+/// Builds the arguments object of an [`AdminCall`].
+pub fn parse_args(pairs: &[String]) -> anyhow::Result<Value> {
+    let mut out = Map::new();
+    for pair in pairs {
+        let Some((key, raw)) = pair.split_once('=') else {
+            bail!("argument {pair:?} is not key=value");
+        };
+        if key.is_empty() {
+            bail!("argument {pair:?} has no key");
+        }
+        let value =
+            serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+        out.insert(key.to_owned(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+pub async fn call(config: Config, call: AdminCall) -> anyhow::Result<ExitCode> {
+    let instance = app::build(&config).await?;
+    let result = if call.tool == "list" {
+        let mut names: Vec<&str> = cellgate_admin::ADMIN_TOOLS.to_vec();
+        names.extend([
+            "create_api_key",
+            "revoke_api_key",
+            "list_api_keys",
+            "create_audit_log",
+            "verify_audit_chain",
+        ]);
+        println!("{}", names.join("\n"));
+        Ok(())
+    } else {
+        match parse_args(&call.args) {
+            Ok(args) => run_tool(&instance, &config, &call.tool, args)
+                .await
+                .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
+            Err(e) => Err(e),
+        }
+    };
+    instance.shutdown().await;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
 /// An id from a display name: lower case, runs of other characters as `-`.
 pub fn slug(name: &str) -> String {
     let mut out = String::new();
@@ -172,7 +226,25 @@ pub async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<Ex
 
 #[cfg(test)]
 mod tests {
-    use super::slug;
+    use super::{parse_args, slug};
+    use serde_json::json;
+
+    #[test]
+    fn admin_args() {
+        let v = parse_args(&[
+            "tenant=acme".into(),
+            "roles=[\"developer\"]".into(),
+            "level=30".into(),
+            "name=a=b".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"tenant": "acme", "roles": ["developer"], "level": 30, "name": "a=b"})
+        );
+        assert!(parse_args(&["novalue".into()]).is_err());
+        assert!(parse_args(&["=x".into()]).is_err());
+    }
 
     #[test]
     fn slugs() {

@@ -24,8 +24,8 @@ use cellgate_kernel::{
 use cellgate_mcp::conformance::ConformanceProvider;
 use cellgate_mcp::{EdgeConfig, McpServer};
 use cellgate_policy::{
-    AuthorizeStage, Directory, MemoryLimiter, RateLimitStage, RateLimiter, RedisLimiter,
-    RequireAuthStage, TenantStage,
+    AuthorizeStage, Directory, MemoryLimiter, RateLimitMetrics, RateLimitStage, RateLimiter,
+    RedisLimiter, RequireAuthStage, TenantStage,
 };
 use cellgate_store::{Store, StoreConfig, TenantId};
 use serde_json::json;
@@ -211,10 +211,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         catalog: catalog.clone(),
     }));
     if config.rate_limit.enabled {
+        let rate_metrics = RateLimitMetrics::default();
+        metrics.with_registry(|r| rate_metrics.register(r));
         builder = builder.layer(StageLayer::new(RateLimitStage {
             directory: directory.clone(),
             limiter: rate_limiter(config).await?,
             config: config.rate_limit.clone(),
+            metrics: rate_metrics,
         }));
     }
     builder = builder

@@ -69,6 +69,13 @@ enum Command {
         #[command(subcommand)]
         command: admin::TenantCommand,
     },
+    /// Run any administrative tool as the local operator (`cellgate admin list`).
+    Admin {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(flatten)]
+        call: admin::AdminCall,
+    },
     /// Manage API keys (runs the administrative tools as the local operator).
     Key {
         #[command(flatten)]
@@ -178,6 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Command::Admin { instance, call } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(admin::call(config, call))
         }
         Command::Key { instance, command } => {
             let config = app::load_config(&instance)?;
