@@ -375,6 +375,7 @@ struct Health {
     store: Store,
     metrics: Arc<Metrics>,
     providers: usize,
+    audit: Option<AuditSink>,
 }
 
 async fn healthz() -> Response {
@@ -388,12 +389,18 @@ async fn healthz() -> Response {
 
 async fn readyz(State(h): State<Health>) -> Response {
     let store = h.store.ping().await;
+    // Audit fails closed: while its writer cannot store, calls are refused,
+    // so the instance is not ready either.
+    let audit = h.audit.as_ref().map(AuditSink::status);
+    let audit_ok = audit.as_ref().is_none_or(|a| a.healthy && a.running);
+    let ready = store.is_ok() && audit_ok;
     let body = json!({
-        "status": if store.is_ok() { "ready" } else { "not ready" },
+        "status": if ready { "ready" } else { "not ready" },
         "store": { "backend": h.store.backend_name(), "ok": store.is_ok(), "error": store.as_ref().err().map(|e| e.to_string()) },
+        "audit": audit.map(|a| json!({ "ok": a.healthy && a.running, "queued": a.in_use, "capacity": a.capacity, "error": a.last_error })),
         "providers": h.providers,
     });
-    let status = if store.is_ok() {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -424,6 +431,7 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
         store: instance.store.clone(),
         metrics: instance.metrics.clone(),
         providers: instance.server.pipeline().catalog().providers().len(),
+        audit: instance.audit.as_ref().map(|(sink, _)| sink.clone()),
     };
     let mut ops = Router::new()
         .route("/healthz", get(healthz))

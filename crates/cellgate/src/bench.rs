@@ -245,11 +245,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // verified once and cached), tenant, rate limit (a plan high enough not
     // to refuse), authorization, inspection, content filter, and audit
     // persisted to SQLite with group commit.
-    let mut config = cellgate_config::Config {
-        data_dir: Some(dir.display().to_string()),
-        demo: cellgate_config::DemoConfig { enabled: true },
-        ..Default::default()
-    };
+    // CELLGATE_* variables apply (e.g. CELLGATE_AUDIT_ENABLED=false to see
+    // what one layer costs); the data directory is always a fresh one.
+    let mut config = cellgate_config::Config::load(None, std::env::vars())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.data_dir = Some(dir.display().to_string());
+    config.demo.enabled = true;
     config.auth.required = true;
     if let Some(plan) = config.rate_limit.plans.get_mut("default") {
         plan.tenant_per_second = 1_000_000;
