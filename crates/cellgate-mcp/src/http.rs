@@ -406,6 +406,13 @@ fn identity_of(server: &McpServer, extensions: &axum::http::Extensions) -> Ident
         .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant))
 }
 
+/// The [`identity_of`] a handler that extracted `Option<Extension<Identity>>`.
+fn caller(server: &McpServer, identity: Option<Extension<Identity>>) -> Identity {
+    identity
+        .map(|Extension(i)| i)
+        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant))
+}
+
 async fn post_mcp(State(server): State<Arc<McpServer>>, req: Request) -> Response {
     let headers = req.headers().clone();
     let identity = identity_of(&server, req.extensions());
@@ -702,9 +709,7 @@ async fn get_mcp(
     identity: Option<Extension<Identity>>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = identity
-        .map(|Extension(i)| i)
-        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
+    let identity = caller(&server, identity);
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
@@ -763,9 +768,7 @@ async fn delete_mcp(
     identity: Option<Extension<Identity>>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = identity
-        .map(|Extension(i)| i)
-        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
+    let identity = caller(&server, identity);
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
@@ -810,9 +813,7 @@ async fn legacy_sse(
     identity: Option<Extension<Identity>>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = identity
-        .map(|Extension(i)| i)
-        .unwrap_or_else(|| Identity::anonymous(&server.config.default_tenant));
+    let identity = caller(&server, identity);
     if let Err(r) = check_origin_and_host(&server, &headers) {
         return *r;
     }
