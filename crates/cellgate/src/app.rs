@@ -151,10 +151,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     let federation = if config.upstreams.is_empty() {
         None
     } else {
+        let operator =
+            TenantId::parse(&config.policy.operator_tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
         let f = Federation::builder(
             config.federation.clone(),
             upstreams_with_loop_guard(config)?,
         )
+        .pin_store(Arc::new(crate::upstream_state::StorePins::new(
+            &store, &operator,
+        )))
+        .incident_sink(crate::upstream_state::StoreIncidents::new(
+            &store, &operator,
+        ))
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;

@@ -5,6 +5,7 @@ mod admin;
 mod app;
 mod bench;
 mod ops;
+mod upstream_state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
