@@ -4,7 +4,9 @@ suite must see exactly what it sees against the demo server directly.
 This proves sampling, elicitation, progress, logging and subscriptions
 survive the hop."""
 
+import json
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from conftest import Server, cellgate_bin
@@ -34,5 +36,12 @@ cwd = "{child_dir}"
         assert not failed(through), f"failed through the gateway: {failed(through)}\n{out[-3000:]}"
         assert through.keys() == direct.keys()
         assert total == direct_total == (40, 0), (total, direct_total)
+        # The operator sees the upstream through the admin tools (REST here).
+        req = urllib.request.Request(f"{gateway.base}/api/v1/tools/list_upstreams", data=b"{}",
+                                     headers={"content-type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status = json.loads(r.read())["structuredContent"]["upstreams"]
+        assert [u["name"] for u in status] == ["demo"] and status[0]["tools"] > 10, status
+        assert status[0]["blocked_tools"] == []
     finally:
         gateway.stop()

@@ -13,6 +13,7 @@
 
 mod keys;
 mod tools;
+mod upstreams;
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -28,6 +29,8 @@ pub use tools::ADMIN_TOOLS;
 pub struct AdminServices {
     pub api_keys: Option<Arc<cellgate_auth::ApiKeyService>>,
     pub audit: Option<AuditTools>,
+    /// Upstream MCP servers, when any are configured.
+    pub federation: Option<Arc<cellgate_federation::Federation>>,
 }
 
 /// What the audit tools need.
@@ -58,6 +61,9 @@ impl AdminProvider {
         }
         if services.audit.is_some() {
             tools.extend(keys::audit_definitions());
+        }
+        if services.federation.is_some() {
+            tools.extend(upstreams::definitions());
         }
         Arc::new(Self {
             directory,

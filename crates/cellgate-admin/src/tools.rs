@@ -578,6 +578,9 @@ pub(crate) async fn call(
         }
         "check_tenant_permission" => check_permission(p, ctx, &args).await,
         other if crate::keys::handles(other) => crate::keys::call(p, ctx, other, args).await,
+        other if crate::upstreams::handles(other) => {
+            crate::upstreams::call(p, ctx, other, args).await
+        }
         other => Err(McpError::invalid_params(format!("unknown tool: {other}"))),
     }
 }

@@ -178,6 +178,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
                 store: store.clone(),
                 trusted: vec![instance_key.verifying_key()],
             }),
+            federation: federation.clone(),
         },
     );
     // The demo provider comes first: the conformance suite calls the first
