@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use cellgate_kernel::Request;
+use cellgate_kernel::{BoxFuture, Request};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -102,6 +102,68 @@ pub(crate) struct ConfirmQuery {
 
 type Answer = Result<Response, ApiError>;
 
+/// `{id}` and the second path parameter.
+type TenantAndKey = PathParams<(String, String)>;
+
+// Most aliases have one of three shapes, so each shape is written once and
+// the router names the tool (and, for the third, the path's second key).
+
+/// `…/tenants/{id}[/…]` without a body: `tool` with `tenant` = the id.
+pub(crate) fn of_tenant(
+    tool: &'static str,
+) -> impl Fn(State<Rest>, Caller, PathParams<String>, QueryParams<NoQuery>) -> BoxFuture<'static, Answer>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |State(rest), caller, PathParams(id), _: QueryParams<NoQuery>| {
+        Box::pin(async move {
+            let a = args(&[("tenant", &id)]);
+            rest.admin(caller, tool, a, StatusCode::OK).await
+        })
+    }
+}
+
+/// `…/tenants/{id}/…` with a JSON body: the body's arguments plus `tenant`.
+pub(crate) fn into_tenant(
+    tool: &'static str,
+    success: StatusCode,
+) -> impl Fn(
+    State<Rest>,
+    Caller,
+    PathParams<String>,
+    QueryParams<NoQuery>,
+    JsonObject,
+) -> BoxFuture<'static, Answer>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |State(rest), caller, PathParams(id), _: QueryParams<NoQuery>, JsonObject(body)| {
+        Box::pin(async move {
+            let a = with_path(body, &[("tenant", &id)])?;
+            rest.admin(caller, tool, a, success).await
+        })
+    }
+}
+
+/// `…/tenants/{id}/…/{x}` without a body: `tenant` and `key` = x.
+pub(crate) fn in_tenant(
+    tool: &'static str,
+    key: &'static str,
+) -> impl Fn(State<Rest>, Caller, TenantAndKey, QueryParams<NoQuery>) -> BoxFuture<'static, Answer>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |State(rest), caller, PathParams((id, x)), _: QueryParams<NoQuery>| {
+        Box::pin(async move {
+            let a = args(&[("tenant", &id), (key, &x)]);
+            rest.admin(caller, tool, a, StatusCode::OK).await
+        })
+    }
+}
+
 pub(crate) async fn list_tenants(
     State(rest): State<Rest>,
     caller: Caller,
@@ -121,39 +183,6 @@ pub(crate) async fn create_tenant(
         .await
 }
 
-pub(crate) async fn get_tenant(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id)]);
-    rest.admin(caller, "get_tenant", a, StatusCode::OK).await
-}
-
-pub(crate) async fn suspend_tenant(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let a = with_path(body, &[("tenant", &id)])?;
-    rest.admin(caller, "suspend_tenant", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn resume_tenant(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let a = with_path(body, &[("tenant", &id)])?;
-    rest.admin(caller, "resume_tenant", a, StatusCode::OK).await
-}
-
 /// `confirm` is passed on only when given: the tool says what is missing.
 pub(crate) async fn delete_tenant(
     State(rest): State<Rest>,
@@ -166,117 +195,6 @@ pub(crate) async fn delete_tenant(
         a.insert("confirm".into(), Value::String(confirm));
     }
     rest.admin(caller, "delete_tenant", a, StatusCode::OK).await
-}
-
-pub(crate) async fn list_users(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id)]);
-    rest.admin(caller, "list_tenant_users", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn add_user(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let a = with_path(body, &[("tenant", &id)])?;
-    rest.admin(caller, "add_tenant_user", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn remove_user(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams((id, principal)): PathParams<(String, String)>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id), ("principal", &principal)]);
-    rest.admin(caller, "remove_tenant_user", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn list_keys(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id)]);
-    rest.admin(caller, "list_api_keys", a, StatusCode::OK).await
-}
-
-pub(crate) async fn create_key(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let a = with_path(body, &[("tenant", &id)])?;
-    rest.admin(caller, "create_api_key", a, StatusCode::CREATED)
-        .await
-}
-
-pub(crate) async fn revoke_key(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams((id, key_id)): PathParams<(String, String)>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id), ("id", &key_id)]);
-    rest.admin(caller, "revoke_api_key", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn list_rules(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id)]);
-    rest.admin(caller, "list_permission_rules", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn set_rule(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let a = with_path(body, &[("tenant", &id)])?;
-    rest.admin(caller, "set_permission_rule", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn delete_rule(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams((id, rule_id)): PathParams<(String, String)>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id), ("id", &rule_id)]);
-    rest.admin(caller, "delete_permission_rule", a, StatusCode::OK)
-        .await
-}
-
-pub(crate) async fn list_roles(
-    State(rest): State<Rest>,
-    caller: Caller,
-    PathParams(id): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Answer {
-    let a = args(&[("tenant", &id)]);
-    rest.admin(caller, "list_roles", a, StatusCode::OK).await
 }
 
 pub(crate) async fn create_audit_event(

@@ -30,6 +30,7 @@ mod handlers;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::{any, delete, get, post};
 use cellgate_kernel::Pipeline;
 
@@ -83,20 +84,44 @@ pub fn router(pipeline: Pipeline, options: RestOptions) -> Router {
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
         .route(
             "/api/v1/tenants/{id}",
-            get(get_tenant).delete(delete_tenant),
+            get(of_tenant("get_tenant")).delete(delete_tenant),
         )
-        .route("/api/v1/tenants/{id}/suspend", post(suspend_tenant))
-        .route("/api/v1/tenants/{id}/resume", post(resume_tenant))
-        .route("/api/v1/tenants/{id}/users", get(list_users).post(add_user))
+        .route(
+            "/api/v1/tenants/{id}/suspend",
+            post(into_tenant("suspend_tenant", StatusCode::OK)),
+        )
+        .route(
+            "/api/v1/tenants/{id}/resume",
+            post(into_tenant("resume_tenant", StatusCode::OK)),
+        )
+        .route(
+            "/api/v1/tenants/{id}/users",
+            get(of_tenant("list_tenant_users"))
+                .post(into_tenant("add_tenant_user", StatusCode::OK)),
+        )
         .route(
             "/api/v1/tenants/{id}/users/{principal}",
-            delete(remove_user),
+            delete(in_tenant("remove_tenant_user", "principal")),
         )
-        .route("/api/v1/tenants/{id}/keys", get(list_keys).post(create_key))
-        .route("/api/v1/tenants/{id}/keys/{key_id}", delete(revoke_key))
-        .route("/api/v1/tenants/{id}/rules", get(list_rules).post(set_rule))
-        .route("/api/v1/tenants/{id}/rules/{rule_id}", delete(delete_rule))
-        .route("/api/v1/tenants/{id}/roles", get(list_roles))
+        .route(
+            "/api/v1/tenants/{id}/keys",
+            get(of_tenant("list_api_keys"))
+                .post(into_tenant("create_api_key", StatusCode::CREATED)),
+        )
+        .route(
+            "/api/v1/tenants/{id}/keys/{key_id}",
+            delete(in_tenant("revoke_api_key", "id")),
+        )
+        .route(
+            "/api/v1/tenants/{id}/rules",
+            get(of_tenant("list_permission_rules"))
+                .post(into_tenant("set_permission_rule", StatusCode::OK)),
+        )
+        .route(
+            "/api/v1/tenants/{id}/rules/{rule_id}",
+            delete(in_tenant("delete_permission_rule", "id")),
+        )
+        .route("/api/v1/tenants/{id}/roles", get(of_tenant("list_roles")))
         .route("/api/v1/audit/events", post(create_audit_event))
         .route("/api/v1/audit/verify", get(verify_audit))
         // everything else under the prefix
