@@ -399,6 +399,26 @@ impl Drop for Federation {
 }
 
 impl Inner {
+    /// Every upstream's resources (or templates) from `method`, with the URI
+    /// field that `uri` picks rewritten to the one clients see.
+    async fn gather_exposed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        key: &str,
+        uri: fn(&mut T) -> &mut String,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for (i, items) in self.gather("resources", method, key).await {
+            let name = &self.upstreams[i].name;
+            for mut item in parse_items::<T>(name, items) {
+                let field = uri(&mut item);
+                *field = self.expose_uri(name, field);
+                out.push(item);
+            }
+        }
+        out
+    }
+
     /// With one upstream and unprefixed names, URIs pass through verbatim:
     /// the gateway is then transparent, and there is nobody to tell apart.
     fn verbatim_uris(&self) -> bool {
@@ -1222,19 +1242,10 @@ impl Provider for Federation {
         _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Vec<Resource>, McpError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            let mut out = Vec::new();
-            for (i, items) in inner
-                .gather("resources", "resources/list", "resources")
-                .await
-            {
-                let name = &inner.upstreams[i].name;
-                for mut r in parse_items::<Resource>(name, items) {
-                    r.uri = inner.expose_uri(name, &r.uri);
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            Ok(self
+                .inner
+                .gather_exposed("resources/list", "resources", |r: &mut Resource| &mut r.uri)
+                .await)
         })
     }
 
@@ -1243,19 +1254,14 @@ impl Provider for Federation {
         _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Vec<ResourceTemplate>, McpError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            let mut out = Vec::new();
-            for (i, items) in inner
-                .gather("resources", "resources/templates/list", "resourceTemplates")
-                .await
-            {
-                let name = &inner.upstreams[i].name;
-                for mut t in parse_items::<ResourceTemplate>(name, items) {
-                    t.uri_template = inner.expose_uri(name, &t.uri_template);
-                    out.push(t);
-                }
-            }
-            Ok(out)
+            Ok(self
+                .inner
+                .gather_exposed(
+                    "resources/templates/list",
+                    "resourceTemplates",
+                    |t: &mut ResourceTemplate| &mut t.uri_template,
+                )
+                .await)
         })
     }
 
