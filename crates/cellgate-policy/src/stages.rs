@@ -235,6 +235,12 @@ pub fn declared_requirement(tool: Option<&Map<String, Value>>) -> Option<Permiss
         .and_then(Permission::parse)
 }
 
+/// The caller's verified token claims, or `null`, borrowed.
+fn claims_of(ctx: &CallContext) -> &Value {
+    static NONE: Value = Value::Null;
+    ctx.principal.claims.as_deref().unwrap_or(&NONE)
+}
+
 fn caller<'a>(ctx: &'a CallContext, roles: &'a [String], claims: &'a Value) -> Caller<'a> {
     Caller {
         id: &ctx.principal.id,
@@ -281,27 +287,25 @@ impl Stage for AuthorizeStage {
                 Request::CallTool { name, arguments } => {
                     let tool = self.catalog.tool(&call.ctx, name).await?;
                     let perm = declared_requirement(tool.as_ref().map(|t| &t.extra));
-                    (Target::Tool(name), perm, Value::Object(arguments.clone()))
+                    (Target::Tool(name), perm, Some(arguments))
                 }
                 Request::GetPrompt { name, arguments } => {
-                    (Target::Prompt(name), None, Value::Object(arguments.clone()))
+                    (Target::Prompt(name), None, Some(arguments))
                 }
-                Request::ReadResource { uri } => {
-                    (Target::Resource(uri), None, Value::Object(Map::new()))
-                }
+                Request::ReadResource { uri } => (Target::Resource(uri), None, None),
             };
-            let claims = call
-                .ctx
-                .principal
-                .claims
-                .as_deref()
-                .cloned()
-                .unwrap_or(Value::Null);
+            let claims = claims_of(&call.ctx);
             let req = policy.matrix.requirement(&target, declared_perm);
+            // Only a condition reads the arguments: copy them into a JSON
+            // value for it, not on every call.
+            let args = match (&req.condition, args) {
+                (Some(_), Some(a)) => Value::Object(a.clone()),
+                _ => Value::Object(Map::new()),
+            };
             let access = check(
                 &req,
                 &policy.roles,
-                &caller(&call.ctx, &roles, &claims),
+                &caller(&call.ctx, &roles, claims),
                 &target,
                 Some(&args),
             );
@@ -339,14 +343,7 @@ impl Stage for AuthorizeStage {
                 ListKind::Resources => ("resources", "uri"),
                 ListKind::Templates => ("resourceTemplates", "uriTemplate"),
             };
-            let claims = f
-                .ctx
-                .principal
-                .claims
-                .as_deref()
-                .cloned()
-                .unwrap_or(Value::Null);
-            let who = caller(&f.ctx, &f.roles, &claims);
+            let who = caller(&f.ctx, &f.roles, claims_of(&f.ctx));
             let Some(Value::Array(items)) = obj.get_mut(key) else {
                 return;
             };
