@@ -117,7 +117,9 @@ pub async fn key(config: Config, command: KeyCommand) -> anyhow::Result<ExitCode
                 name,
                 ttl,
             } => {
-                let principal = principal.unwrap_or_else(|| format!("key-{}", &uuid_like()[..8]));
+                let principal = principal.unwrap_or_else(|| {
+                    format!("key-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+                });
                 let mut args = json!({ "tenant": tenant, "principal": principal, "roles": roles });
                 if let Some(n) = name {
                     args["name"] = json!(n);
@@ -159,14 +161,6 @@ pub async fn key(config: Config, command: KeyCommand) -> anyhow::Result<ExitCode
         };
     instance.shutdown().await;
     result.map(|()| ExitCode::SUCCESS)
-}
-
-fn uuid_like() -> String {
-    use rand::Rng as _;
-    let mut rng = rand::rng();
-    (0..16)
-        .map(|_| format!("{:x}", rng.random::<u8>() & 0xf))
-        .collect()
 }
 
 pub fn token(config: Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
