@@ -45,3 +45,56 @@ cwd = "{child_dir}"
         assert status[0]["blocked_tools"] == []
     finally:
         gateway.stop()
+
+
+def test_virtual_server_serves_only_its_subset():
+    """A `[[servers]]` entry at /servers/{name}/mcp: the Python SDK sees the
+    selected tools, prompts and resources only, and what is outside the
+    subset looks exactly like what does not exist. /mcp still serves all."""
+    import asyncio
+
+    import pytest
+    from mcp import Client
+
+    config = """
+[demo]
+enabled = true
+
+[[servers]]
+name = "text-only"
+description = "Only the text tools of the demo."
+tools.include = ["test_*text*", "test_simple_*"]
+tools.exclude = ["test_simple_image"]
+resources.include = ["test://static-*"]
+"""
+    gateway = Server(config=config)
+
+    async def go():
+        async with Client(f"{gateway.base}/servers/text-only/mcp", mode="legacy") as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            prompts = (await client.list_prompts()).prompts
+            resources = {r.uri for r in (await client.list_resources()).resources}
+            ok = await client.call_tool("test_simple_text", {})
+            with pytest.raises(Exception) as hidden:
+                await client.call_tool("test_image_content", {})
+            with pytest.raises(Exception) as absent:
+                await client.call_tool("no_such_tool", {})
+            with pytest.raises(Exception) as no_prompt:
+                await client.get_prompt("test_simple_prompt", {})
+        async with Client(gateway.url, mode="legacy") as client:
+            everything = {t.name for t in (await client.list_tools()).tools}
+        return tools, prompts, resources, ok, hidden, absent, no_prompt, everything
+
+    try:
+        tools, prompts, resources, ok, hidden, absent, no_prompt, everything = asyncio.run(go())
+        assert "test_simple_text" in tools and tools <= everything, tools
+        assert all(("text" in t or t.startswith("test_simple_")) and t != "test_simple_image" for t in tools), tools
+        assert "test_image_content" not in tools and "test_image_content" in everything
+        assert prompts == []
+        assert resources and all(str(u).startswith("test://static-") for u in resources), resources
+        assert not ok.is_error
+        assert "unknown tool: test_image_content" in str(hidden.value)
+        assert str(hidden.value).replace("test_image_content", "X") == str(absent.value).replace("no_such_tool", "X")
+        assert "unknown prompt" in str(no_prompt.value)
+    finally:
+        gateway.stop()

@@ -16,6 +16,7 @@ mod diagnostic;
 mod env;
 mod inspect;
 mod policy;
+mod servers;
 mod types;
 mod upstreams;
 mod validate;
@@ -35,6 +36,7 @@ pub use policy::{
     PermissionRuleConfig, PolicyConfig, RateLimitBackend, RateLimitConfig, RatePlan, RoleSet,
     RuleKind,
 };
+pub use servers::{ItemSelection, VirtualServerConfig};
 pub use types::*;
 pub use upstreams::*;
 

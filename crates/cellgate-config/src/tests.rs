@@ -165,3 +165,29 @@ fn passwords_are_redacted() {
     assert_eq!(redact_url_password("postgres://a@h/d"), "postgres://a@h/d");
     assert_eq!(redact_url_password("not a url"), "not a url");
 }
+
+#[test]
+fn virtual_servers_are_checked_by_key() {
+    let good = "[[servers]]\nname = \"docs\"\ntools.include = [\"memory__*\"]\ntools.exclude = [\"memory__delete_*\"]\n";
+    let c = check_text(good).unwrap();
+    assert_eq!(c.servers[0].tools.exclude, ["memory__delete_*"]);
+    let bad = "[[servers]]\nname = \"docs\"\ntools.include = [\"a[b\"]\n\
+               [[servers]]\nname = \"DOCS\"\nprompts.include = [\"*\"]\n\
+               [[servers]]\nname = \"a/b\"\nresources.include = [\"x y\"]\n\
+               [[servers]]\nname = \"empty\"\n";
+    let d = check_text(bad).unwrap_err();
+    let keys: Vec<_> = d.iter().map(|d| d.key.clone().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "servers[0].tools.include[0]",
+            "servers[1].name",
+            "servers[2].name",
+            "servers[2].resources.include[0]",
+            "servers[3]",
+        ],
+        "{d:?}"
+    );
+    assert!(d[1].to_string().contains("already declared"), "{}", d[1]);
+    assert!(d[4].to_string().contains("includes nothing"), "{}", d[4]);
+}

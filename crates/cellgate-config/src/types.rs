@@ -40,6 +40,9 @@ pub struct Config {
     pub upstreams: Vec<crate::UpstreamConfig>,
     /// How upstreams' tools, prompts and resources are combined.
     pub federation: crate::FederationConfig,
+    /// Virtual servers (`[[servers]]`): named subsets of the tools, prompts
+    /// and resources above, each served at `/servers/{name}/mcp`.
+    pub servers: Vec<crate::VirtualServerConfig>,
 }
 
 /// HTTP listener and the MCP edge's limits.

@@ -50,9 +50,30 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub restart: RestartConfig,
     /// The circuit breaker: after repeated failures, calls fail at once
-    /// instead of waiting for a timeout.
+    /// instead of waiting for a timeout. Each replica has its own.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Several copies of this server, load-balanced (least outstanding
+    /// requests) with failover: `replicas = 3` starts three processes of a
+    /// stdio command; `replicas = [{ url = "…" }, { url = "…" }]` lists the
+    /// endpoints of an http or sse upstream (then leave `transport.url`
+    /// out; `transport.headers` apply to every endpoint, an endpoint's own
+    /// `headers` are added on top). Default: one.
+    #[serde(default)]
+    pub replicas: Replicas,
+    /// Failover of failed calls to another replica. Only calls that are safe
+    /// to repeat are retried: tools annotated `readOnlyHint` or
+    /// `idempotentHint`, and reads (`resources/read`, `prompts/get`, lists,
+    /// completions).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Caching of tool results. Off unless `cache.tools` names tools.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Where this upstream's escalated incidents are sent, instead of
+    /// `federation.escalation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationConfig>,
 }
 
 fn yes() -> bool {
@@ -82,6 +103,182 @@ impl UpstreamConfig {
             health: HealthConfig::default(),
             restart: RestartConfig::default(),
             breaker: BreakerConfig::default(),
+            replicas: Replicas::default(),
+            retry: RetryConfig::default(),
+            cache: CacheConfig::default(),
+            escalation: None,
+        }
+    }
+
+    /// How many replicas this upstream runs.
+    pub fn replica_count(&self) -> usize {
+        match &self.replicas {
+            Replicas::Count(n) => usize::try_from(*n).unwrap_or(1).max(1),
+            Replicas::Endpoints(list) => list.len().max(1),
+        }
+    }
+
+    /// The configuration of replica `index` (`0..replica_count()`): this
+    /// upstream with the replica's endpoint in its transport, and
+    /// `replicas` set to one.
+    pub fn replica(&self, index: usize) -> UpstreamConfig {
+        let mut one = self.clone();
+        one.replicas = Replicas::Count(1);
+        if let (Replicas::Endpoints(list), UpstreamTransport::Http(h) | UpstreamTransport::Sse(h)) =
+            (&self.replicas, &mut one.transport)
+            && let Some(e) = list.get(index)
+        {
+            h.url = e.url.clone();
+            h.headers
+                .extend(e.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        one
+    }
+}
+
+/// The copies of one upstream server.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Replicas {
+    /// This many processes of a stdio command (1 to 64).
+    Count(u32),
+    /// These endpoints of an http or sse upstream (1 to 64).
+    Endpoints(Vec<ReplicaEndpoint>),
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas::Count(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Replicas;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a number of copies (stdio: `replicas = 3`) or a list of endpoints (http, sse: `replicas = [{ url = \"…\" }, …]`)",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Replicas, E> {
+                u32::try_from(v)
+                    .map(Replicas::Count)
+                    .map_err(|_| E::custom(format!("{v} replicas is far too many (at most 64)")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Replicas, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a number of replicas")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Replicas, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = seq.next_element::<ReplicaEndpoint>()? {
+                    out.push(e);
+                }
+                Ok(Replicas::Endpoints(out))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// One endpoint of an http or sse upstream with replicas.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEndpoint {
+    /// The endpoint, such as `https://mcp-2.example.com/mcp`.
+    pub url: String,
+    /// Headers for this endpoint only, added to `transport.headers`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Failover: a failed call that is safe to repeat is tried again on
+/// another replica, after a jittered exponential backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts of one call in all, the first included, each on a different
+    /// replica (so at most the number of replicas); 1 turns failover off.
+    pub max_attempts: u32,
+    /// Milliseconds before the first retry; each further retry waits twice
+    /// as long, at most `max_backoff_ms`, then a random 50–100 % of that.
+    pub initial_backoff_ms: u64,
+    /// Longest wait before a retry, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 20,
+            max_backoff_ms: 1000,
+        }
+    }
+}
+
+/// The result cache of one upstream. A result is cached only for tools
+/// matched by `tools` *and* annotated both `readOnlyHint` and
+/// `idempotentHint`; results with `isError` are never cached. Entries are
+/// per tenant: the key is tenant + tool + arguments (canonical JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Tool names as the upstream gives them (not prefixed); `*` matches
+    /// any run of characters, `?` one character. Empty (default): nothing
+    /// is cached.
+    pub tools: Vec<String>,
+    /// Seconds a cached result is served.
+    pub ttl_secs: u64,
+    /// Most results kept; the least recently used go first.
+    pub max_entries: u32,
+    /// Most bytes of results (and keys) kept; the least recently used go
+    /// first. A result larger than a quarter of this is not cached.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            tools: Vec::new(),
+            ttl_secs: 60,
+            max_entries: 1000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where escalated incidents are announced. An incident escalates once,
+/// when it reaches `restart.alert_after` failed repairs: it is logged at
+/// error level, counted (metric `federation_escalations`) and, with a
+/// `webhook_url`, POSTed there as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct EscalationConfig {
+    /// `http` or `https` URL that receives a `POST` with a JSON body
+    /// (`{"event": "incident_escalated", "incident": {…}, …}`). Unset: no
+    /// webhook. A failed delivery is logged, not retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Headers sent with the webhook, such as `Authorization`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds the webhook may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            headers: BTreeMap::new(),
+            timeout_secs: 5,
         }
     }
 }
@@ -174,8 +371,9 @@ pub struct RestartConfig {
     /// Seconds an upstream must stay up for its backoff to start again from
     /// `initial_backoff_ms`.
     pub stable_secs: u64,
-    /// Consecutive failed repairs after which each further failure is
-    /// logged at error level.
+    /// Consecutive failed repairs after which the incident escalates (see
+    /// `federation.escalation`) and each further failure is logged at error
+    /// level.
     pub alert_after: u32,
     /// Consecutive failed repairs after which cellgate gives up and leaves
     /// the upstream down; 0 never gives up.
@@ -260,6 +458,9 @@ pub struct FederationConfig {
     pub tool_pinning: PinMode,
     /// Incidents (crashes, hangs, changed tool definitions, …) kept in memory.
     pub incident_history: u32,
+    /// Where escalated incidents are announced (an upstream's own
+    /// `escalation` takes precedence).
+    pub escalation: EscalationConfig,
 }
 
 impl Default for FederationConfig {
@@ -269,6 +470,7 @@ impl Default for FederationConfig {
             separator: "__".into(),
             tool_pinning: PinMode::Block,
             incident_history: 1000,
+            escalation: EscalationConfig::default(),
         }
     }
 }
@@ -303,6 +505,67 @@ impl FederationConfig {
             p.push(Problem::new(
                 "federation.incident_history",
                 format!("{} is outside 1..=1000000", self.incident_history),
+            ));
+        }
+        self.escalation.validate_at("federation.escalation", p);
+    }
+}
+
+impl EscalationConfig {
+    fn validate_at(&self, at: &str, p: &mut Vec<Problem>) {
+        if let Some(url) = &self.webhook_url
+            && let Err(why) = check_http_url(url)
+        {
+            p.push(Problem::new(format!("{at}.webhook_url"), why));
+        }
+        check_headers(&self.headers, &format!("{at}.headers"), p);
+        if !(1..=300).contains(&self.timeout_secs) {
+            p.push(Problem::new(
+                format!("{at}.timeout_secs"),
+                format!("{} is outside 1..=300", self.timeout_secs),
+            ));
+        }
+    }
+}
+
+/// Checks the federation settings and every upstream as the config file
+/// check does (for configurations that arrive at run time: a reload, the
+/// admin API). Each problem reads `key: message`.
+pub fn check_federation(
+    federation: &FederationConfig,
+    upstreams: &[UpstreamConfig],
+) -> Result<(), Vec<String>> {
+    let mut p = Vec::new();
+    federation.validate(&mut p);
+    validate_upstreams(upstreams, &mut p);
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(p
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect())
+    }
+}
+
+fn check_headers(headers: &BTreeMap<String, String>, at: &str, p: &mut Vec<Problem>) {
+    for name in headers.keys() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            p.push(Problem::new(
+                at,
+                format!("{name:?} is not an HTTP header name"),
+            ));
+        }
+    }
+    for (name, value) in headers {
+        if value.contains(['\r', '\n', '\0']) {
+            p.push(Problem::new(
+                at,
+                format!("the value of {name:?} contains a line break"),
             ));
         }
     }
@@ -373,30 +636,24 @@ impl UpstreamConfig {
                 }
             }
             UpstreamTransport::Http(h) | UpstreamTransport::Sse(h) => {
-                if let Err(why) = check_http_url(&h.url) {
-                    p.push(Problem::new(key("transport.url"), why));
-                }
-                for name in h.headers.keys() {
-                    if name.is_empty()
-                        || !name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                    {
-                        p.push(Problem::new(
-                            key("transport.headers"),
-                            format!("{name:?} is not an HTTP header name"),
-                        ));
+                match &self.replicas {
+                    Replicas::Endpoints(_) if !h.url.is_empty() => p.push(Problem::new(
+                        key("transport.url"),
+                        "set either transport.url or a list of replicas, not both (the list names every endpoint)",
+                    )),
+                    Replicas::Endpoints(_) => {}
+                    Replicas::Count(_) => {
+                        if let Err(why) = check_http_url(&h.url) {
+                            p.push(Problem::new(key("transport.url"), why));
+                        }
                     }
                 }
-                for (name, value) in &h.headers {
-                    if value.contains(['\r', '\n', '\0']) {
-                        p.push(Problem::new(
-                            key("transport.headers"),
-                            format!("the value of {name:?} contains a line break"),
-                        ));
-                    }
-                }
+                check_headers(&h.headers, &key("transport.headers"), p);
             }
+        }
+        self.validate_replicas(i, p);
+        if let Some(e) = &self.escalation {
+            e.validate_at(&key("escalation"), p);
         }
         let mut range = |k: &str, value: u64, min: u64, max: u64| {
             if !(min..=max).contains(&value) {
@@ -453,6 +710,76 @@ impl UpstreamConfig {
             1_000_000,
         );
         range("breaker.open_secs", self.breaker.open_secs, 1, 24 * 3600);
+        range(
+            "retry.max_attempts",
+            u64::from(self.retry.max_attempts),
+            1,
+            10,
+        );
+        range(
+            "retry.initial_backoff_ms",
+            self.retry.initial_backoff_ms,
+            1,
+            60_000,
+        );
+        range(
+            "retry.max_backoff_ms",
+            self.retry.max_backoff_ms,
+            self.retry.initial_backoff_ms.max(1),
+            600_000,
+        );
+        range("cache.ttl_secs", self.cache.ttl_secs, 1, 7 * 24 * 3600);
+        range(
+            "cache.max_entries",
+            u64::from(self.cache.max_entries),
+            1,
+            10_000_000,
+        );
+        range("cache.max_bytes", self.cache.max_bytes, 1024, 1 << 36);
+        for (j, pattern) in self.cache.tools.iter().enumerate() {
+            if pattern.is_empty() || pattern.contains(char::is_whitespace) {
+                p.push(Problem::new(
+                    key(&format!("cache.tools[{j}]")),
+                    format!("{pattern:?} is not a tool name or glob (no spaces, not empty)"),
+                ));
+            }
+        }
+    }
+
+    fn validate_replicas(&self, i: usize, p: &mut Vec<Problem>) {
+        let at = format!("upstreams[{i}].replicas");
+        let stdio = matches!(self.transport, UpstreamTransport::Stdio(_));
+        match &self.replicas {
+            Replicas::Count(n) if !(1..=64).contains(n) => {
+                p.push(Problem::new(at, format!("{n} is outside 1..=64")));
+            }
+            Replicas::Count(n) if *n > 1 && !stdio => p.push(Problem::new(
+                at,
+                "a number of copies applies to stdio upstreams; list the endpoints of an http or sse upstream instead: replicas = [{ url = \"…\" }, { url = \"…\" }]",
+            )),
+            Replicas::Count(_) => {}
+            Replicas::Endpoints(_) if stdio => p.push(Problem::new(
+                at,
+                "a list of endpoints applies to http and sse upstreams; give a stdio upstream a number of copies instead: replicas = 3",
+            )),
+            Replicas::Endpoints(list) if list.is_empty() || list.len() > 64 => p.push(
+                Problem::new(at, format!("lists {} endpoints; give 1 to 64", list.len())),
+            ),
+            Replicas::Endpoints(list) => {
+                let mut seen: HashMap<&str, usize> = HashMap::new();
+                for (j, e) in list.iter().enumerate() {
+                    if let Err(why) = check_http_url(&e.url) {
+                        p.push(Problem::new(format!("{at}[{j}].url"), why));
+                    } else if let Some(first) = seen.insert(e.url.as_str(), j) {
+                        p.push(Problem::new(
+                            format!("{at}[{j}].url"),
+                            format!("{:?} is already replica {first}", e.url),
+                        ));
+                    }
+                    check_headers(&e.headers, &format!("{at}[{j}].headers"), p);
+                }
+            }
+        }
     }
 }
 
@@ -580,6 +907,114 @@ breaker = { failure_threshold = 2 }
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].key.as_deref(), Some("upstreams[1].name"));
         assert_eq!(d[0].line, Some(5), "{d:?}");
+    }
+
+    #[test]
+    fn replicas_cache_retry_and_escalation_parse_and_are_checked() {
+        let text = r#"
+[federation.escalation]
+webhook_url = "http://127.0.0.1:9/hook"
+
+[[upstreams]]
+name = "files"
+replicas = 3
+transport = { type = "stdio", command = "server" }
+cache = { tools = ["read_*", "stat"], ttl_secs = 5 }
+
+[[upstreams]]
+name = "web"
+transport = { type = "http", headers = { Authorization = "Bearer x" } }
+replicas = [{ url = "http://a.example/mcp" }, { url = "http://b.example/mcp", headers = { X-Zone = "b" } }]
+retry = { max_attempts = 2 }
+escalation = { webhook_url = "https://hooks.example/x", timeout_secs = 2 }
+"#;
+        let c = crate::check_text(text).unwrap();
+        assert_eq!(
+            c.federation.escalation.webhook_url.as_deref(),
+            Some("http://127.0.0.1:9/hook")
+        );
+        let files = &c.upstreams[0];
+        assert_eq!(files.replicas, Replicas::Count(3));
+        assert_eq!(files.replica_count(), 3);
+        assert_eq!(files.replica(2).replica_count(), 1);
+        assert_eq!(files.cache.tools, ["read_*", "stat"]);
+        assert_eq!(files.cache.max_entries, 1000);
+        let web = &c.upstreams[1];
+        assert_eq!(web.replica_count(), 2);
+        assert_eq!(web.retry.max_attempts, 2);
+        assert_eq!(web.retry.initial_backoff_ms, 20);
+        let UpstreamTransport::Http(b) = web.replica(1).transport else {
+            panic!()
+        };
+        assert_eq!(b.url, "http://b.example/mcp");
+        assert_eq!(b.headers["Authorization"], "Bearer x");
+        assert_eq!(b.headers["X-Zone"], "b");
+        assert_eq!(web.escalation.as_ref().unwrap().timeout_secs, 2);
+
+        let bad = |text: &str| -> Vec<(Option<String>, String)> {
+            crate::check_text(text)
+                .unwrap_err()
+                .into_iter()
+                .map(|d| (d.key.clone(), d.to_string()))
+                .collect()
+        };
+        let stdio_list = "[[upstreams]]\nname = \"s\"\nreplicas = [{ url = \"http://a/\" }]\ntransport = { type = \"stdio\", command = \"x\" }\n";
+        let d = bad(stdio_list);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].0.as_deref(), Some("upstreams[0].replicas"));
+        assert!(d[0].1.contains("replicas = 3"), "{d:?}");
+        let http_count = "[[upstreams]]\nname = \"h\"\nreplicas = 2\ntransport = { type = \"http\", url = \"http://a/\" }\n";
+        let d = bad(http_count);
+        assert_eq!(d[0].0.as_deref(), Some("upstreams[0].replicas"), "{d:?}");
+        assert!(d[0].1.contains("list the endpoints"), "{d:?}");
+        let both = "[[upstreams]]\nname = \"h\"\nreplicas = [{ url = \"http://a/\" }, { url = \"http://a/\" }, { url = \"nope\" }]\ntransport = { type = \"http\", url = \"http://a/\" }\n";
+        let d = bad(both);
+        let keys: Vec<_> = d.iter().map(|(k, _)| k.clone().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "upstreams[0].transport.url",
+                "upstreams[0].replicas[1].url",
+                "upstreams[0].replicas[2].url"
+            ],
+            "{d:?}"
+        );
+        let zero = "[[upstreams]]\nname = \"s\"\nreplicas = 0\ntransport = { type = \"stdio\", command = \"x\" }\n";
+        assert_eq!(bad(zero)[0].0.as_deref(), Some("upstreams[0].replicas"));
+        let word = "[[upstreams]]\nname = \"s\"\nreplicas = \"two\"\ntransport = { type = \"stdio\", command = \"x\" }\n";
+        assert!(
+            bad(word)[0].1.contains("a number of copies"),
+            "{:?}",
+            bad(word)
+        );
+        let hook = "[federation.escalation]\nwebhook_url = \"ftp://x/\"\ntimeout_secs = 0\n";
+        let d = bad(hook);
+        let keys: Vec<_> = d.iter().map(|(k, _)| k.clone().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "federation.escalation.webhook_url",
+                "federation.escalation.timeout_secs"
+            ],
+            "{d:?}"
+        );
+        let cache = "[[upstreams]]\nname = \"s\"\ntransport = { type = \"stdio\", command = \"x\" }\ncache = { tools = [\"\"], max_bytes = 1 }\nretry = { max_attempts = 0 }\n";
+        let d = bad(cache);
+        let keys: Vec<_> = d.iter().map(|(k, _)| k.clone().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "upstreams[0].retry.max_attempts",
+                "upstreams[0].cache.max_bytes",
+                "upstreams[0].cache.tools[0]"
+            ],
+            "{d:?}"
+        );
+        assert!(check_federation(&c.federation, &c.upstreams).is_ok());
+        let mut dup = c.upstreams.clone();
+        dup[1].name = "FILES".into();
+        let e = check_federation(&c.federation, &dup).unwrap_err();
+        assert!(e[0].starts_with("upstreams[1].name: "), "{e:?}");
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     config.rate_limit.validate(&mut p);
     config.federation.validate(&mut p);
     crate::upstreams::validate_upstreams(&config.upstreams, &mut p);
+    crate::servers::validate_servers(&config.servers, &mut p);
     p
 }
 

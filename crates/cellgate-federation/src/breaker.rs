@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cellgate_config::RestartConfig;
+use cellgate_config::{RestartConfig, RetryConfig};
 use serde::Serialize;
 
 /// Where a breaker is.
@@ -145,6 +145,19 @@ pub fn backoff_delay(cfg: &RestartConfig, attempt: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// The wait before retry `retry` (1 for the first) of a call on another
+/// replica: the initial backoff doubled for each further retry, at most the
+/// maximum, then scaled to 50–100 % by `jitter` (in `0.0..=1.0`, random in
+/// use) so that callers failing over together do not retry in lockstep.
+pub fn retry_delay(cfg: &RetryConfig, retry: u32, jitter: f64) -> Duration {
+    let exp = retry.saturating_sub(1).min(32);
+    let ms = cfg
+        .initial_backoff_ms
+        .saturating_mul(1u64 << exp)
+        .min(cfg.max_backoff_ms.max(cfg.initial_backoff_ms));
+    Duration::from_millis(ms).mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +226,23 @@ mod tests {
             assert!(!b.on_failure(t0, "x"));
         }
         assert_eq!(b.admit(t0), Admission::Allowed);
+    }
+
+    #[test]
+    fn retry_delay_doubles_and_is_jittered_within_half_to_full() {
+        let cfg = RetryConfig {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 300,
+        };
+        let at = |r, j| retry_delay(&cfg, r, j).as_millis();
+        assert_eq!(
+            [at(1, 1.0), at(2, 1.0), at(3, 1.0), at(9, 1.0)],
+            [100, 200, 300, 300]
+        );
+        assert_eq!([at(1, 0.0), at(2, 0.0), at(3, 0.0)], [50, 100, 150]);
+        assert_eq!(at(2, 0.5), 150);
+        assert_eq!(at(1, 7.0), 100, "jitter is clamped");
     }
 
     #[test]

@@ -330,6 +330,11 @@ fn render_one(out: &mut String, u: &UpstreamConfig) {
     if u.forward_roots {
         push_kv(out, "forward_roots", "true");
     }
+    if u.replicas != defaults.replicas
+        && let Ok(v) = toml::Value::try_from(&u.replicas)
+    {
+        push_kv(out, "replicas", &v.to_string());
+    }
     let sub = |out: &mut String, table: &str, value: Value| {
         if let Ok(toml::Value::Table(t)) = toml::Value::try_from(value) {
             out.push_str(&format!("[upstreams.{table}]\n"));
@@ -383,6 +388,27 @@ fn render_one(out: &mut String, u: &UpstreamConfig) {
             out,
             "breaker",
             serde_json::to_value(&u.breaker).unwrap_or_default(),
+        );
+    }
+    if u.retry != defaults.retry {
+        sub(
+            out,
+            "retry",
+            serde_json::to_value(&u.retry).unwrap_or_default(),
+        );
+    }
+    if u.cache != defaults.cache {
+        sub(
+            out,
+            "cache",
+            serde_json::to_value(&u.cache).unwrap_or_default(),
+        );
+    }
+    if let Some(e) = &u.escalation {
+        sub(
+            out,
+            "escalation",
+            serde_json::to_value(e).unwrap_or_default(),
         );
     }
 }
@@ -571,11 +597,35 @@ mod tests {
         tuned.enabled = false;
         tuned.timeout_secs = 7;
         tuned.breaker.failure_threshold = 2;
-        let out = render_upstreams_toml("", std::slice::from_ref(&tuned)).unwrap();
-        assert_eq!(
-            cellgate_config::check_text(&out).unwrap().upstreams,
-            [tuned]
-        );
+        tuned.retry.max_attempts = 2;
+        tuned.cache.tools = vec!["get_*".into()];
+        tuned.escalation = Some(cellgate_config::EscalationConfig {
+            webhook_url: Some("https://hooks.example/x".into()),
+            headers: [("Authorization".to_owned(), "Bearer h".to_owned())].into(),
+            timeout_secs: 3,
+        });
+        let mut pooled = ups[0].clone();
+        pooled.name = "pooled".into();
+        pooled.replicas = cellgate_config::Replicas::Count(3);
+        let mut spread = tuned.clone();
+        spread.name = "spread".into();
+        spread.escalation = None;
+        if let UpstreamTransport::Http(h) | UpstreamTransport::Sse(h) = &mut spread.transport {
+            h.url.clear();
+        }
+        spread.replicas = cellgate_config::Replicas::Endpoints(vec![
+            cellgate_config::ReplicaEndpoint {
+                url: "http://a.example/mcp".into(),
+                headers: Default::default(),
+            },
+            cellgate_config::ReplicaEndpoint {
+                url: "http://b.example/mcp".into(),
+                headers: [("X-Zone".to_owned(), "b".to_owned())].into(),
+            },
+        ]);
+        let all = [tuned, pooled, spread];
+        let out = render_upstreams_toml("", &all).unwrap();
+        assert_eq!(cellgate_config::check_text(&out).unwrap().upstreams, all);
     }
 
     #[test]

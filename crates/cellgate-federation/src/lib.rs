@@ -13,7 +13,15 @@
 //!   call; a client's cancellation reaches the upstream;
 //! - each upstream has a timeout, a circuit breaker, health checks and a
 //!   supervisor that restarts it with exponential backoff, recording
-//!   [`Incident`]s;
+//!   [`Incident`]s and escalating those that repairs do not fix (log,
+//!   counter, webhook);
+//! - an upstream may run several replicas: calls go to the one with the
+//!   fewest outstanding requests, and a failed call that is safe to repeat
+//!   (read-only or idempotent) is retried on another replica;
+//! - results of read-only, idempotent tools can be cached per tenant
+//!   ([`ResultCache`], opt-in per tool);
+//! - [`Federation::reconcile`] applies a new configuration (hot reload),
+//!   restarting only the upstreams whose entry changed;
 //! - tool definitions are pinned by fingerprint: a definition that changes
 //!   after it was first seen is held back until an operator approves it
 //!   ([`Federation::approve_pin`]).
@@ -29,21 +37,28 @@
 //! in this crate's README.
 
 mod breaker;
+mod cache;
+mod escalation;
 mod federation;
 mod http;
 mod import;
 mod incidents;
+mod metrics;
 mod namespace;
 mod pins;
 mod session;
 mod stdio;
 
-pub use breaker::{Admission, Breaker, BreakerState, backoff_delay};
+pub use breaker::{Admission, Breaker, BreakerState, backoff_delay, retry_delay};
+pub use cache::{Lookup, ResultCache, cache_key};
+pub use escalation::Escalation;
 pub use federation::{
-    Federation, FederationBuilder, FederationError, PendingApproval, UpstreamState, UpstreamStatus,
+    Federation, FederationBuilder, FederationError, PendingApproval, ReconcileSummary,
+    ReplicaStatus, UpstreamState, UpstreamStatus,
 };
 pub use import::{ImportError, import_mcp_servers, render_upstreams_toml};
 pub use incidents::{Incident, IncidentKind, IncidentOutcome, IncidentSink, MemoryIncidents};
+pub use metrics::{FederationMetrics, UpstreamLabel, counted};
 pub use namespace::{
     Collision, Index, Namespace, Route, URI_SCHEME, unwrap_uri, wrap_content_uris, wrap_uri,
 };

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cellgate_config::{
-    FederationConfig, HttpTransport, NamespaceMode, StdioTransport, UpstreamConfig,
-    UpstreamTransport,
+    CacheConfig, EscalationConfig, FederationConfig, HttpTransport, NamespaceMode, ReplicaEndpoint,
+    Replicas, StdioTransport, UpstreamConfig, UpstreamTransport,
 };
 use cellgate_federation::{
     BreakerState, Federation, FederationError, IncidentKind, IncidentOutcome, UpstreamState,
-    unwrap_uri,
+    counted, unwrap_uri,
 };
 use cellgate_kernel::{
     BoxFuture, CallContext, Catalog, ClientPeer, McpError, Provider, ProviderEvent, codes,
@@ -1156,5 +1156,608 @@ async fn namespace_modes() {
         .await
         .unwrap();
     assert_eq!(text_of(&r), "solo: plain");
+    f.shutdown();
+}
+
+// ---- replicas, cache, escalation, reconcile, list changes ------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_calls_fail_over_when_a_replica_is_killed_under_load() {
+    let Some(t) = tools() else { return };
+    let (mut first, port_a) = everything_http(&t, "streamableHttp").await;
+    let (_second, port_b) = everything_http(&t, "streamableHttp").await;
+    let mut web = http("web", "", false);
+    if let UpstreamTransport::Http(h) = &mut web.transport {
+        h.url.clear();
+    }
+    web.replicas = Replicas::Endpoints(
+        [port_a, port_b]
+            .iter()
+            .map(|p| ReplicaEndpoint {
+                url: format!("http://127.0.0.1:{p}/mcp"),
+                headers: BTreeMap::new(),
+            })
+            .collect(),
+    );
+    web.timeout_secs = 20;
+    web.breaker.failure_threshold = 3;
+    web.health.interval_secs = 1;
+    web.health.timeout_secs = 1;
+    web.health.unhealthy_after = 2;
+    let f = start(vec![web]).await;
+    let s = status(&f, "web");
+    assert_eq!(s.replicas.len(), 2);
+    assert!(
+        s.replicas.iter().all(|r| r.state == UpstreamState::Up),
+        "{s:?}"
+    );
+    // `echo` is annotated readOnlyHint, so its calls may be repeated.
+    let echo = f
+        .list_tools(&ctx())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "web__echo")
+        .unwrap();
+    assert_eq!(echo.extra["annotations"]["readOnlyHint"], json!(true));
+
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let f = f.clone();
+        let done = done.clone();
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..40 {
+                let msg = format!("w{w} call {i}");
+                match f
+                    .call_tool(&ctx(), "web__echo", args(json!({ "message": msg })))
+                    .await
+                {
+                    Ok(r) if text_of(&r).contains(&msg) => {}
+                    other => failures.push(format!("{msg}: {other:?}")),
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    // Kill the first replica once calls are flowing to both.
+    let d = done.clone();
+    eventually("calls flow", Duration::from_secs(60), move || {
+        let d = d.clone();
+        async move { d.load(std::sync::atomic::Ordering::Relaxed) >= 60 }
+    })
+    .await;
+    let before_kill = status(&f, "web");
+    first.kill().await.unwrap();
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 320);
+    // Both replicas served calls before the kill (least outstanding spreads
+    // the load), and calls were retried on the survivor after it.
+    assert!(
+        before_kill.replicas.iter().all(|r| r.calls > 0),
+        "{before_kill:?}"
+    );
+    assert!(counted(&f.metrics().retries, "web") >= 1);
+    // The dead replica is taken out of rotation: its breaker opens or its
+    // health checks take it down.
+    let f2 = f.clone();
+    eventually(
+        "the killed replica is out",
+        Duration::from_secs(30),
+        move || {
+            let f = f2.clone();
+            async move {
+                let r = &status(&f, "web").replicas[0];
+                r.breaker != BreakerState::Closed || r.state != UpstreamState::Up
+            }
+        },
+    )
+    .await;
+    assert_eq!(status(&f, "web").state, UpstreamState::Up);
+    // A call of a tool that is neither read-only nor idempotent is never
+    // repeated: it still succeeds here because it goes to the live replica.
+    let r = f
+        .call_tool(&ctx(), "web__get-sum", args(json!({"a": 2, "b": 3})))
+        .await
+        .unwrap();
+    assert!(text_of(&r).contains('5'), "{r}");
+    f.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_replicas_share_the_load_and_fail_over() {
+    let mut u = fixture("pool", &[]);
+    u.replicas = Replicas::Count(2);
+    u.health.interval_secs = 0;
+    let f = start(vec![u]).await;
+    let s = status(&f, "pool");
+    assert_eq!(s.replicas.len(), 2);
+    let pids: Vec<u32> = s.replicas.iter().map(|r| r.pid.unwrap()).collect();
+    assert_ne!(pids[0], pids[1]);
+    // Sequential calls: equal load, so replicas take turns.
+    for _ in 0..4 {
+        f.call_tool(&ctx(), "pool__count", Map::new())
+            .await
+            .unwrap();
+    }
+    let calls: Vec<u64> = status(&f, "pool")
+        .replicas
+        .iter()
+        .map(|r| r.calls)
+        .collect();
+    assert_eq!(calls, [2, 2]);
+    // A busy replica is avoided: while one sleeps, the other takes the calls.
+    let f2 = f.clone();
+    let sleeper = tokio::spawn(async move {
+        f2.call_tool(&ctx(), "pool__sleep", args(json!({"secs": 2})))
+            .await
+            .unwrap()
+    });
+    let f3 = f.clone();
+    eventually("one call outstanding", Duration::from_secs(10), move || {
+        let f = f3.clone();
+        async move {
+            status(&f, "pool")
+                .replicas
+                .iter()
+                .any(|r| r.outstanding == 1)
+        }
+    })
+    .await;
+    let busy = status(&f, "pool")
+        .replicas
+        .iter()
+        .position(|r| r.outstanding == 1)
+        .unwrap();
+    for _ in 0..3 {
+        f.call_tool(&ctx(), "pool__count", Map::new())
+            .await
+            .unwrap();
+    }
+    let s = status(&f, "pool");
+    assert_eq!(s.replicas[1 - busy].calls, 2 + 3, "{s:?}");
+    assert_eq!(text_of(&sleeper.await.unwrap()), "pool: slept");
+
+    // Kill the replica a call is in flight on: a read-only call is retried
+    // on the other replica, any other call fails.
+    for (tool, read_only) in [("pool__sleep_ro", true), ("pool__sleep", false)] {
+        let f2 = f.clone();
+        eventually("both replicas up", Duration::from_secs(30), move || {
+            let f = f2.clone();
+            async move {
+                status(&f, "pool")
+                    .replicas
+                    .iter()
+                    .all(|r| r.state == UpstreamState::Up)
+            }
+        })
+        .await;
+        let f4 = f.clone();
+        let call =
+            tokio::spawn(async move { f4.call_tool(&ctx(), tool, args(json!({"secs": 3}))).await });
+        let f5 = f.clone();
+        eventually(
+            "the call is in flight",
+            Duration::from_secs(10),
+            move || {
+                let f = f5.clone();
+                async move {
+                    status(&f, "pool")
+                        .replicas
+                        .iter()
+                        .any(|r| r.outstanding == 1)
+                }
+            },
+        )
+        .await;
+        let s = status(&f, "pool");
+        let on = s.replicas.iter().position(|r| r.outstanding == 1).unwrap();
+        let pid = s.replicas[on].pid.unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        let outcome = call.await.unwrap();
+        if read_only {
+            let r = outcome.unwrap();
+            assert_eq!(text_of(&r), "pool: slept");
+            let s = status(&f, "pool");
+            assert_eq!(s.replicas[1 - on].outstanding, 0);
+        } else {
+            let e = outcome.unwrap_err();
+            assert!(
+                e.message.contains("exited (signal 9) during the call"),
+                "{e:?}"
+            );
+        }
+    }
+    assert_eq!(counted(&f.metrics().retries, "pool"), 1);
+    f.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_idempotent_results_are_cached_per_tenant() {
+    let mut u = fixture("c", &[]);
+    u.cache = CacheConfig {
+        tools: vec!["count*".into(), "fail_ro".into(), "echo".into()],
+        ttl_secs: 3600,
+        max_entries: 100,
+        max_bytes: 1 << 20,
+    };
+    let f = start(vec![u, fixture("plain", &[])]).await;
+    let call = |tenant: &'static str, tool: &'static str, a: Value| {
+        let f = f.clone();
+        async move {
+            let r = f
+                .call_tool(&CallContext::detached(tenant), tool, args(a))
+                .await
+                .unwrap();
+            text_of(&r)
+        }
+    };
+    assert_eq!(
+        call("t", "c__count", json!({"a": 1, "b": [1, 2]})).await,
+        "c: call 1"
+    );
+    // Same arguments in another order: served from the cache.
+    assert_eq!(
+        call("t", "c__count", json!({"b": [1, 2], "a": 1})).await,
+        "c: call 1"
+    );
+    // Other arguments, another tenant: not.
+    assert_eq!(call("t", "c__count", json!({"a": 2})).await, "c: call 2");
+    assert_eq!(
+        call("u", "c__count", json!({"a": 1, "b": [1, 2]})).await,
+        "c: call 3"
+    );
+    assert_eq!(
+        call("u", "c__count", json!({"a": 1, "b": [1, 2]})).await,
+        "c: call 3"
+    );
+    // Matched by name but not idempotent: never cached.
+    assert_eq!(call("t", "c__count_rw", json!({})).await, "c: call 4");
+    assert_eq!(call("t", "c__count_rw", json!({})).await, "c: call 5");
+    // Error results are not cached.
+    assert_eq!(call("t", "c__fail_ro", json!({})).await, "c: call 6");
+    assert_eq!(call("t", "c__fail_ro", json!({})).await, "c: call 7");
+    // `echo` is matched but carries no annotations: not cached; and an
+    // upstream without a cache configuration caches nothing.
+    assert_eq!(call("t", "c__echo", json!({"text": "x"})).await, "c: x");
+    assert_eq!(call("t", "plain__count", json!({})).await, "plain: call 1");
+    assert_eq!(call("t", "plain__count", json!({})).await, "plain: call 2");
+
+    let m = f.metrics();
+    assert_eq!(counted(&m.cache_hits, "c"), 2);
+    assert_eq!(counted(&m.cache_misses, "c"), 5);
+    assert_eq!(counted(&m.cache_hits, "plain"), 0);
+    let s = status(&f, "c");
+    assert_eq!(s.cached_results, 3, "{s:?}");
+    assert!(s.cached_bytes > 0);
+
+    // A change of the upstream's tool list drops its cache.
+    let mut events = f.subscribe();
+    call("t", "c__grow", json!({})).await;
+    let ev = tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("a change event")
+        .unwrap();
+    assert_eq!(ev, ProviderEvent::ToolsChanged);
+    assert_eq!(status(&f, "c").cached_results, 0);
+    assert_eq!(call("t", "c__count", json!({"a": 2})).await, "c: call 8");
+    f.shutdown();
+}
+
+/// A one-shot-per-connection HTTP server that hands each request body to
+/// the test and answers 200.
+async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    assert!(head.starts_with("post /hook "), "{head}");
+                    assert!(head.contains("content-type: application/json"), "{head}");
+                    assert!(head.contains("x-test: yes"), "{head}");
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break buf[end + 4..end + 4 + len].to_vec();
+                    }
+                };
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tx.send(serde_json::from_slice(&body).unwrap());
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_repairs_escalate_once_with_a_webhook() {
+    let (url, mut hooks) = webhook_receiver().await;
+    let broken = |name: &str| {
+        let mut u = stdio(name, "/nonexistent/cellgate-no-such-server", &[]);
+        u.timeout_secs = 1;
+        u.restart.initial_backoff_ms = 20;
+        u.restart.max_backoff_ms = 40;
+        u.restart.alert_after = 2;
+        u
+    };
+    let mut unreachable_hook = broken("muffled");
+    unreachable_hook.escalation = Some(EscalationConfig {
+        webhook_url: Some(format!("http://127.0.0.1:{}/hook", free_port())),
+        timeout_secs: 1,
+        ..EscalationConfig::default()
+    });
+    let mut cfg = config(NamespaceMode::Always);
+    cfg.escalation = EscalationConfig {
+        webhook_url: Some(url),
+        headers: [("X-Test".to_owned(), "yes".to_owned())].into(),
+        timeout_secs: 5,
+    };
+    let f = Arc::new(
+        Federation::builder(
+            cfg,
+            vec![broken("broken"), unreachable_hook, fixture("fine", &[])],
+        )
+        .start()
+        .await
+        .unwrap(),
+    );
+    let body = tokio::time::timeout(Duration::from_secs(30), hooks.recv())
+        .await
+        .expect("a webhook")
+        .unwrap();
+    assert_eq!(body["event"], json!("incident_escalated"));
+    assert_eq!(body["upstream"], json!("broken"));
+    assert_eq!(body["failed_repairs"], json!(2));
+    assert_eq!(body["gave_up"], json!(false));
+    assert_eq!(body["incident"]["kind"], json!("connect_failed"));
+    assert_eq!(body["incident"]["outcome"], json!("open"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/cellgate-no-such-server"),
+        "{body}"
+    );
+    // Once per incident: later failed repairs do not escalate again.
+    let f2 = f.clone();
+    eventually("more failed repairs", Duration::from_secs(30), move || {
+        let f = f2.clone();
+        async move {
+            f.incidents()
+                .iter()
+                .any(|i| i.upstream == "broken" && i.repair_attempts >= 5)
+        }
+    })
+    .await;
+    let m = f.metrics();
+    assert_eq!(counted(&m.escalations, "broken"), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), hooks.recv())
+            .await
+            .is_err(),
+        "escalated twice"
+    );
+    // A webhook that cannot be delivered is counted and logged; nothing else
+    // suffers.
+    let m2 = m.clone();
+    eventually(
+        "the failed webhook is counted",
+        Duration::from_secs(30),
+        move || {
+            let m = m2.clone();
+            async move { counted(&m.webhook_failures, "muffled") == 1 }
+        },
+    )
+    .await;
+    assert_eq!(counted(&m.escalations, "muffled"), 1);
+    let r = f
+        .call_tool(&ctx(), "fine__echo", args(json!({"text": "ok"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&r), "fine: ok");
+    f.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_changes_only_what_changed() {
+    let f = start(vec![
+        fixture("keep", &[]),
+        fixture("change", &[]),
+        fixture("drop", &[]),
+    ])
+    .await;
+    let pid = |name: &str| status(&f, name).pid.unwrap();
+    let (keep_pid, change_pid) = (pid("keep"), pid("change"));
+    let mut events = f.subscribe();
+
+    // A call in flight on an unchanged upstream survives the reconcile.
+    let f2 = f.clone();
+    let in_flight = tokio::spawn(async move {
+        f2.call_tool(&ctx(), "keep__sleep", args(json!({"secs": 2})))
+            .await
+    });
+    let f3 = f.clone();
+    eventually(
+        "the call is in flight",
+        Duration::from_secs(10),
+        move || {
+            let f = f3.clone();
+            async move { status(&f, "keep").replicas[0].outstanding == 1 }
+        },
+    )
+    .await;
+
+    let mut changed = fixture("change", &[]);
+    changed.timeout_secs = 19;
+    let next = vec![fixture("keep", &[]), changed.clone(), fixture("added", &[])];
+    // Invalid: nothing changes.
+    let mut bad = next.clone();
+    bad.push(fixture("KEEP", &[]));
+    let e = f
+        .reconcile(config(NamespaceMode::Always), bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, FederationError::Invalid(p) if p[0].starts_with("upstreams[3].name")),
+        "{e}"
+    );
+    let names: Vec<String> = f.status().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["keep", "change", "drop"]);
+    assert_eq!(pid("change"), change_pid);
+
+    let summary = f
+        .reconcile(config(NamespaceMode::Always), next.clone())
+        .await
+        .unwrap();
+    assert_eq!(summary.added, ["added"]);
+    assert_eq!(summary.removed, ["drop"]);
+    assert_eq!(summary.restarted, ["change"]);
+    assert_eq!(summary.unchanged, ["keep"]);
+    assert!(summary.needs_restart.is_empty());
+    assert!(summary.changed());
+
+    let names: Vec<String> = f.status().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["keep", "change", "added"]);
+    assert_eq!(
+        pid("keep"),
+        keep_pid,
+        "the unchanged upstream was not touched"
+    );
+    assert_ne!(
+        pid("change"),
+        change_pid,
+        "the changed upstream was restarted"
+    );
+    assert_eq!(status(&f, "keep").restarts, 0);
+    let tools = tool_names(&f).await;
+    assert!(tools.contains(&"added__echo".to_owned()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("drop__")), "{tools:?}");
+    let e = f
+        .call_tool(&ctx(), "drop__echo", Map::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMS);
+    for (tool, answer) in [("change__echo", "change: x"), ("added__echo", "added: x")] {
+        let r = f
+            .call_tool(&ctx(), tool, args(json!({"text": "x"})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&r), answer);
+    }
+    assert_eq!(text_of(&in_flight.await.unwrap().unwrap()), "keep: slept");
+    // Clients are told the list changed.
+    let mut seen = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        seen.push(ev);
+    }
+    assert!(seen.contains(&ProviderEvent::ToolsChanged), "{seen:?}");
+
+    // The same configuration again changes nothing.
+    let again = f
+        .reconcile(config(NamespaceMode::Always), next)
+        .await
+        .unwrap();
+    assert!(!again.changed(), "{again:?}");
+    assert_eq!(again.unchanged, ["keep", "change", "added"]);
+    let mut history = config(NamespaceMode::Always);
+    history.incident_history = 5;
+    let s = f
+        .reconcile(history, vec![fixture("keep", &[]), changed])
+        .await
+        .unwrap();
+    assert_eq!(s.removed, ["added"]);
+    assert_eq!(s.needs_restart, ["federation.incident_history"]);
+    assert_eq!(pid("keep"), keep_pid);
+    f.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changed_reaches_the_catalog_and_subscribers() {
+    let f = start(vec![fixture("dyn", &[]), fixture("other", &[])]).await;
+    let catalog = Catalog::new(vec![f.clone() as Arc<dyn Provider>]);
+    let names = |v: Value| -> Vec<String> {
+        v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = names(catalog.list_tools(&ctx(), None).await.unwrap());
+    assert!(!before.contains(&"dyn__extra".to_owned()));
+    // The catalog's routing index is built; `dyn__extra` is unknown.
+    assert!(
+        catalog
+            .call_tool(&ctx(), "dyn__extra", Map::new())
+            .await
+            .is_err()
+    );
+    let mut events = f.subscribe();
+    let mut via_provider = f.events().unwrap();
+    f.call_tool(&ctx(), "dyn__grow", Map::new()).await.unwrap();
+    for rx in [&mut events, &mut via_provider] {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a change event")
+            .unwrap();
+        assert_eq!(ev, ProviderEvent::ToolsChanged);
+    }
+    // The federated list and the catalog (which rebuilds its index on the
+    // event) both have the new tool, and it is callable by its new name.
+    assert!(tool_names(&f).await.contains(&"dyn__extra".to_owned()));
+    let c = catalog.clone();
+    eventually(
+        "the catalog lists the new tool",
+        Duration::from_secs(10),
+        move || {
+            let c = c.clone();
+            async move {
+                names(c.list_tools(&ctx(), None).await.unwrap()).contains(&"dyn__extra".to_owned())
+            }
+        },
+    )
+    .await;
+    let e = catalog
+        .call_tool(&ctx(), "dyn__extra", Map::new())
+        .await
+        .unwrap_err();
+    // The fixture has no handler for it: the upstream's own error, which
+    // proves the call was routed there.
+    assert!(e.message.contains("unknown tool extra"), "{e:?}");
+    // The other upstream's list did not change.
+    assert!(tool_names(&f).await.contains(&"other__echo".to_owned()));
     f.shutdown();
 }

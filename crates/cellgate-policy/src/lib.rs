@@ -10,7 +10,8 @@
 //! - [`RateLimiter`]: GCRA limits per tenant, principal and tool, in-process
 //!   ([`MemoryLimiter`]) or shared through Redis ([`RedisLimiter`]).
 //! - The pipeline stages that apply them: [`TenantStage`],
-//!   [`RateLimitStage`], [`AuthorizeStage`].
+//!   [`RateLimitStage`], [`AuthorizeStage`], and [`ServerScopeStage`],
+//!   which confines a virtual server's callers to its subset.
 //!
 //! It does not authenticate (cellgate-auth establishes the principal) and it
 //! does not inspect content (cellgate-inspect does).
@@ -20,6 +21,7 @@ mod directory;
 mod matrix;
 mod ratelimit;
 mod roles;
+mod servers;
 mod stages;
 
 pub use cel::{Condition, ConditionError};
@@ -27,6 +29,7 @@ pub use directory::{Directory, Member, PolicyError, StoredRule, TenantPolicy};
 pub use matrix::{Access, Caller, Matrix, Requirement, Rule, RuleError, Target, check};
 pub use ratelimit::{LimitKey, MemoryLimiter, RateLimiter, RedisLimiter, limit_keys};
 pub use roles::{Permission, Permissions, Role, Roles};
+pub use servers::{ListKind, ServerScopeStage};
 pub use stages::{
     AuthorizeStage, RateLimitMetrics, RateLimitStage, RequireAuthStage, TOOL_REQUIREMENT_META,
     TenantStage, declared_requirement,

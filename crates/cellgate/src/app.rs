@@ -25,7 +25,7 @@ use cellgate_mcp::conformance::ConformanceProvider;
 use cellgate_mcp::{EdgeConfig, McpServer};
 use cellgate_policy::{
     AuthorizeStage, Directory, MemoryLimiter, RateLimitMetrics, RateLimitStage, RateLimiter,
-    RedisLimiter, RequireAuthStage, TenantStage,
+    RedisLimiter, RequireAuthStage, ServerScopeStage, TenantStage,
 };
 use cellgate_store::{Store, StoreConfig, TenantId};
 use serde_json::json;
@@ -67,6 +67,8 @@ fn init_logging(config: &Config) {
 /// Everything a running instance is made of.
 pub struct Instance {
     pub server: Arc<McpServer>,
+    /// `[[servers]]`, by name: each served at `/servers/{name}/mcp`.
+    pub virtual_servers: Vec<(String, Arc<McpServer>)>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: AuthStack,
@@ -203,49 +205,90 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     // audit wrap the security layers so refused calls are counted and
     // audited too; the filter redacts arguments just before dispatch, after
     // inspection judged them as the caller sent them.
-    let mut builder = Pipeline::builder(catalog.clone());
-    if config.filter.enabled {
+    let filter = if config.filter.enabled {
         let filter = ContentFilterStage::from_config(&config.filter)
             .map_err(|e| anyhow::anyhow!("invalid [filter]: {e}"))?;
         metrics.with_registry(|r| filter.stats().register(r));
-        builder = builder.layer(filter.into_layer());
-    }
-    if config.inspect.enabled {
+        Some(filter.into_layer())
+    } else {
+        None
+    };
+    let inspect = if config.inspect.enabled {
         let inspect = InspectStage::from_config(&config.inspect, catalog.clone())
             .map_err(|e| anyhow::anyhow!("invalid [inspect]: {e}"))?;
-        builder = builder.layer(inspect.into_layer());
-    }
-    builder = builder.layer(StageLayer::new(AuthorizeStage {
+        Some(inspect.into_layer())
+    } else {
+        None
+    };
+    let authorize = StageLayer::new(AuthorizeStage {
         directory: directory.clone(),
         catalog: catalog.clone(),
-    }));
-    if config.rate_limit.enabled {
+    });
+    let rate_limit = if config.rate_limit.enabled {
         let rate_metrics = RateLimitMetrics::default();
         metrics.with_registry(|r| rate_metrics.register(r));
-        builder = builder.layer(StageLayer::new(RateLimitStage {
+        Some(StageLayer::new(RateLimitStage {
             directory: directory.clone(),
             limiter: rate_limiter(config).await?,
             config: config.rate_limit.clone(),
             metrics: rate_metrics,
-        }));
-    }
-    builder = builder
-        .layer(StageLayer::new(TenantStage {
-            directory: directory.clone(),
         }))
-        .layer(StageLayer::new(RequireAuthStage {
-            required: config.auth.required,
-        }));
-    if let Some((sink, _)) = &audit {
-        builder = builder.layer(AuditStage::layer(sink.clone()));
+    } else {
+        None
+    };
+    let tenant = StageLayer::new(TenantStage {
+        directory: directory.clone(),
+    });
+    let require_auth = StageLayer::new(RequireAuthStage {
+        required: config.auth.required,
+    });
+    let audit_layer = audit
+        .as_ref()
+        .map(|(sink, _)| AuditStage::layer(sink.clone()));
+    let meter = MeterLayer::new(metrics.clone()).with_records(records_tx);
+    // One stack for /mcp and one per virtual server, sharing every layer's
+    // state (limits, caches, the audit chain); a virtual server's stack
+    // only adds its scope, innermost, so refused calls are still metered,
+    // audited and authorized like any other.
+    let assemble = |scope: Option<StageLayer<ServerScopeStage>>| {
+        let mut builder = Pipeline::builder(catalog.clone());
+        if let Some(scope) = scope {
+            builder = builder.layer(scope);
+        }
+        if let Some(layer) = &filter {
+            builder = builder.layer(layer.clone());
+        }
+        if let Some(layer) = &inspect {
+            builder = builder.layer(layer.clone());
+        }
+        builder = builder.layer(authorize.clone());
+        if let Some(layer) = &rate_limit {
+            builder = builder.layer(layer.clone());
+        }
+        builder = builder.layer(tenant.clone()).layer(require_auth.clone());
+        if let Some(layer) = &audit_layer {
+            builder = builder.layer(layer.clone());
+        }
+        builder.layer(TraceLayer).layer(meter.clone()).build()
+    };
+    let server = McpServer::new(assemble(None), edge_config(config), metrics.clone());
+    let mut virtual_servers = Vec::with_capacity(config.servers.len());
+    for vs in &config.servers {
+        let scope = ServerScopeStage::new(vs)
+            .map_err(|e| anyhow::anyhow!("invalid virtual server `{}`: {e}", vs.name))?;
+        let mut edge = edge_config(config);
+        if vs.description.is_some() {
+            edge.instructions = vs.description.clone();
+        }
+        let pipeline = assemble(Some(StageLayer::new(scope)));
+        virtual_servers.push((
+            vs.name.clone(),
+            McpServer::new(pipeline, edge, metrics.clone()),
+        ));
     }
-    let pipeline = builder
-        .layer(TraceLayer)
-        .layer(MeterLayer::new(metrics.clone()).with_records(records_tx))
-        .build();
-    let server = McpServer::new(pipeline, edge_config(config), metrics.clone());
     Ok(Instance {
         server,
+        virtual_servers,
         store,
         metrics,
         auth,
@@ -455,8 +498,14 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
             default_tenant: instance.server.config.default_tenant.clone(),
         },
     );
-    cellgate_mcp::http::router(instance.server.clone())
-        .merge(rest)
+    let mut mcp = cellgate_mcp::http::router(instance.server.clone());
+    for (name, server) in &instance.virtual_servers {
+        mcp = mcp.nest(
+            &format!("/servers/{name}"),
+            cellgate_mcp::http::router(server.clone()),
+        );
+    }
+    mcp.merge(rest)
         .merge(ops.with_state(health))
         .merge(instance.auth.routes())
         .layer(instance.auth.layer())

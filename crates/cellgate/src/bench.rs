@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Load only the full trust pipeline (no ceiling, no bare edge): for
+    /// profiling it, e.g. under `perf record`. Ratios are not printed.
+    #[arg(long)]
+    pub only_full: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +283,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    if args.only_full {
+        let full = load(
+            "full trust pipeline",
+            format!("http://{full_addr}/mcp"),
+            Some(token.token.expose().to_owned()),
+            &args,
+        )
+        .await?;
+        instance.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "{}: {:.0} calls/s, p50 {} µs, p99 {} µs, {} errors",
+            full.name,
+            full.rate(),
+            full.p50_us,
+            full.p99_us,
+            full.errors
+        );
+        if full.errors > 0 {
+            bail!("{} calls failed during the benchmark", full.errors);
+        }
+        return Ok(());
+    }
     let base = load(
         "bare hyper (ceiling)",
         format!("http://{baseline}/mcp"),
