@@ -98,3 +98,68 @@ resources.include = ["test://static-*"]
         assert "unknown prompt" in str(no_prompt.value)
     finally:
         gateway.stop()
+
+
+def test_hot_reload_adds_and_removes_upstreams_without_dropping_sessions():
+    """Editing cellgate.toml while serving starts a new upstream and stops a
+    removed one; a session opened before the edit keeps working; a broken
+    edit is refused and the running configuration stays; SIGHUP reloads."""
+    import os
+    import signal
+    import sys
+    import time as clock
+
+    from mcp import Client
+
+    time_server = str(Path(sys.executable).parent / "mcp-server-time")
+    base = '[federation]\nnamespace = "always"\n'
+    with_time = base + f"""
+[[upstreams]]
+name = "clock"
+[upstreams.transport]
+type = "stdio"
+command = "{time_server}"
+"""
+    gateway = Server(config=base)
+    path = gateway.dir / "cellgate.toml"
+
+    import asyncio
+
+    async def scenario():
+        async with Client(gateway.url, mode="legacy") as client:
+            before = {t.name for t in (await client.list_tools()).tools}
+            assert not any(n.startswith("clock__") for n in before), before
+            path.write_text(with_time)
+            deadline = clock.monotonic() + 30
+            names = before
+            while clock.monotonic() < deadline and "clock__get_current_time" not in names:
+                await asyncio.sleep(0.2)
+                names = {t.name for t in (await client.list_tools()).tools}
+            assert "clock__get_current_time" in names, gateway.output()[-2000:]
+            # The same session, opened before the reload, calls the new tool.
+            r = await client.call_tool("clock__get_current_time", {"timezone": "UTC"})
+            assert not r.is_error, r
+            # A broken file is refused as a whole; the upstream keeps serving.
+            path.write_text(with_time + "\n[[upstreams]]\nname = \"clock\"\n")
+            await asyncio.sleep(2.5)
+            assert "reload refused" in gateway.output(), gateway.output()[-2000:]
+            r = await client.call_tool("clock__get_current_time", {"timezone": "UTC"})
+            assert not r.is_error, r
+            # Removing the upstream removes its tools.
+            path.write_text(base)
+            deadline = clock.monotonic() + 30
+            while clock.monotonic() < deadline and "clock__get_current_time" in names:
+                await asyncio.sleep(0.2)
+                names = {t.name for t in (await client.list_tools()).tools}
+            assert "clock__get_current_time" not in names
+            os.kill(gateway.proc.pid, signal.SIGHUP)
+            deadline = clock.monotonic() + 10
+            while clock.monotonic() < deadline and "SIGHUP" not in gateway.output():
+                await asyncio.sleep(0.1)
+            assert "SIGHUP" in gateway.output()
+            await client.list_tools()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gateway.stop()

@@ -150,26 +150,25 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         None
     };
 
-    let federation = if config.upstreams.is_empty() {
-        None
-    } else {
-        let operator =
-            TenantId::parse(&config.policy.operator_tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let f = Federation::builder(
-            config.federation.clone(),
-            upstreams_with_loop_guard(config)?,
-        )
-        .pin_store(Arc::new(crate::upstream_state::StorePins::new(
-            &store, &operator,
-        )))
-        .incident_sink(crate::upstream_state::StoreIncidents::new(
-            &store, &operator,
-        ))
-        .start()
-        .await
-        .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
-        Some(Arc::new(f))
-    };
+    // Always present, even with no upstreams, so that a reload can add some.
+    let operator =
+        TenantId::parse(&config.policy.operator_tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let federation = Federation::builder(
+        config.federation.clone(),
+        upstreams_with_loop_guard(config)?,
+    )
+    .pin_store(Arc::new(crate::upstream_state::StorePins::new(
+        &store, &operator,
+    )))
+    .incident_sink(crate::upstream_state::StoreIncidents::new(
+        &store, &operator,
+    ))
+    .start()
+    .await
+    .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
+    let federation = Arc::new(federation);
+    metrics.with_registry(|r| federation.metrics().register(r));
+    let federation = Some(federation);
 
     let admin = AdminProvider::new(
         directory.clone(),
@@ -307,7 +306,7 @@ const MAX_DEPTH: u32 = 4;
 
 /// The configured upstreams, with the depth counter passed on to stdio
 /// children; refuses to start upstreams past [`MAX_DEPTH`].
-fn upstreams_with_loop_guard(
+pub(crate) fn upstreams_with_loop_guard(
     config: &Config,
 ) -> anyhow::Result<Vec<cellgate_config::UpstreamConfig>> {
     let depth: u32 = std::env::var(DEPTH_VAR)
@@ -533,7 +532,12 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves HTTP until a shutdown signal. With `reload`, a changed
+/// configuration file or SIGHUP applies upstream changes while running.
+pub async fn serve(
+    config: Config,
+    reload: Option<(Option<std::path::PathBuf>, crate::reload::Loader)>,
+) -> anyhow::Result<()> {
     init_logging(&config);
     let addr: SocketAddr = config.server.listen.parse().with_context(|| {
         format!(
@@ -576,6 +580,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         println!("  demo:        conformance tools, resources and prompts are served");
     }
     let _background = instance.auth.spawn_background();
+    if let (Some((path, load)), Some(federation)) = (reload, &instance.federation) {
+        if let Some(p) = &path {
+            println!("  reload:      on changes to {} and on SIGHUP", p.display());
+        }
+        crate::reload::spawn(path, config.clone(), load, federation.clone());
+    }
     let app = http_app(&instance, config.metrics.enabled);
     match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {

@@ -5,10 +5,12 @@ mod admin;
 mod app;
 mod bench;
 mod ops;
+mod reload;
 mod upstream_state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -218,13 +220,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             demo,
         } => {
-            let mut config = app::load_config(&instance)?;
-            if let Some(l) = listen {
-                config.server.listen = l;
-            }
-            config.demo.enabled |= demo;
+            // The same steps again on every reload, so the command line
+            // keeps overriding the file.
+            let path = instance
+                .config
+                .clone()
+                .or_else(cellgate_config::default_config_path);
+            let load: reload::Loader = Arc::new(move || {
+                let mut config = app::load_config(&instance)?;
+                if let Some(l) = &listen {
+                    config.server.listen = l.clone();
+                }
+                config.demo.enabled |= demo;
+                Ok(config)
+            });
+            let config = load()?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(app::serve(config))?;
+            rt.block_on(app::serve(config, Some((path, load))))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stdio { instance, demo } => {
