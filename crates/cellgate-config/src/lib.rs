@@ -12,11 +12,13 @@
 
 mod audit;
 mod auth;
+mod cells;
 mod diagnostic;
 mod env;
 mod inspect;
 mod policy;
 mod servers;
+mod services;
 mod types;
 mod upstreams;
 mod validate;
@@ -27,6 +29,7 @@ pub use audit::{AuditBackpressure, AuditConfig};
 pub use auth::{
     ApiKeysConfig, AuthConfig, IssuerConfig, JwtAlgorithm, LocalIssuerConfig, PrincipalKindConfig,
 };
+pub use cells::CellsConfig;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use inspect::{
     FilterAction, FilterActionOverrides, FilterActions, FilterConfig, FilterTenantConfig,
@@ -37,6 +40,7 @@ pub use policy::{
     RuleKind,
 };
 pub use servers::{ItemSelection, VirtualServerConfig};
+pub use services::{EmbeddingBackend, EmbeddingConfig, MemoryConfig, OrchestrationConfig};
 pub use types::*;
 pub use upstreams::*;
 

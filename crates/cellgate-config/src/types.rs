@@ -43,6 +43,12 @@ pub struct Config {
     /// Virtual servers (`[[servers]]`): named subsets of the tools, prompts
     /// and resources above, each served at `/servers/{name}/mcp`.
     pub servers: Vec<crate::VirtualServerConfig>,
+    /// Signed WebAssembly tools run in a sandbox.
+    pub cells: crate::CellsConfig,
+    /// Durable memory and the knowledge graph.
+    pub memory: crate::MemoryConfig,
+    /// The task queue and workflow engine.
+    pub orchestration: crate::OrchestrationConfig,
 }
 
 /// HTTP listener and the MCP edge's limits.

@@ -133,6 +133,9 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     config.policy.validate(&mut p);
     config.rate_limit.validate(&mut p);
     config.federation.validate(&mut p);
+    config.cells.validate(&mut p);
+    config.memory.validate(&mut p);
+    config.orchestration.validate(&mut p);
     crate::upstreams::validate_upstreams(&config.upstreams, &mut p);
     crate::servers::validate_servers(&config.servers, &mut p);
     p

@@ -226,6 +226,16 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         description: "auth",
         sql: include_str!("../migrations/sqlite/0004_auth.sql"),
     },
+    Embedded {
+        version: 5,
+        description: "memory",
+        sql: include_str!("../migrations/sqlite/0005_memory.sql"),
+    },
+    Embedded {
+        version: 6,
+        description: "tasks",
+        sql: include_str!("../migrations/sqlite/0006_tasks.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Embedded] = &[
@@ -248,6 +258,16 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
         version: 4,
         description: "auth",
         sql: include_str!("../migrations/postgres/0004_auth.sql"),
+    },
+    Embedded {
+        version: 5,
+        description: "memory",
+        sql: include_str!("../migrations/postgres/0005_memory.sql"),
+    },
+    Embedded {
+        version: 6,
+        description: "tasks",
+        sql: include_str!("../migrations/postgres/0006_tasks.sql"),
     },
 ];
 

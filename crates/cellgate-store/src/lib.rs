@@ -25,6 +25,8 @@ mod call_log;
 mod device_codes;
 mod documents;
 mod error;
+mod memory;
+mod tasks;
 mod tenant;
 
 use std::fmt;
@@ -47,6 +49,19 @@ pub use device_codes::{
 };
 pub use documents::{Document, Documents, LIST_MAX_LIMIT, NAME_MAX_BYTES};
 pub use error::StoreError;
+pub use memory::{
+    EntityChange, EntityRecord, GraphRecords, ItemKind, MEMORY_BATCH_MAX, MEMORY_LIST_MAX,
+    MEMORY_NAME_MAX_BYTES, MEMORY_VALUE_MAX_BYTES, Memory, MemoryRecord, MemoryVersion, NewEntity,
+    NewMemory, NewRelation, ObservationsAdded, RelationRecord, Space, StoredVector, Unembedded,
+    View, entity_search_text, memory_search_text,
+};
+pub use tasks::{
+    CheckpointKind, CheckpointRecord, CrossTenantLeases, ExpiredLeases, HistoryEntry,
+    HistoryRecord, LEASE_BATCH_MAX, LOST_LEASE_ALLOWANCE, NewNode, NewTask, NewWorkflow,
+    NodeRecord, Resources, Submitted, TASK_LIST_MAX, TaskFilter, TaskLease, TaskOutcome,
+    TaskRecord, TaskStatus, TenantNodes, TenantTasks, TenantWorkflows, WorkflowRecord,
+    WorkflowStatus,
+};
 pub use tenant::{TENANT_ID_MAX_LEN, Tenant, TenantId, TenantStatus, Tenants};
 
 /// Every table with a `tenant_id` column, children before parents, so
@@ -56,6 +71,8 @@ pub fn all_tenant_tables() -> impl Iterator<Item = &'static str> {
     tenant::TENANT_TABLES
         .iter()
         .chain(api_keys::TENANT_TABLES)
+        .chain(memory::TENANT_TABLES)
+        .chain(tasks::TENANT_TABLES)
         .copied()
 }
 
@@ -194,6 +211,15 @@ impl Store {
         }
     }
 
+    /// Task and workflow leases across all tenants, for the orchestration
+    /// engine's own workers only (see [`CrossTenantLeases`]); tenants reach
+    /// their tasks through [`TenantScope::tasks`].
+    pub fn cross_tenant_leases(&self) -> CrossTenantLeases {
+        CrossTenantLeases {
+            backend: self.backend.clone(),
+        }
+    }
+
     /// The tenant registry.
     pub fn tenants(&self) -> Tenants {
         Tenants {
@@ -249,6 +275,38 @@ impl TenantScope {
 
     pub fn call_log(&self) -> CallLog {
         CallLog {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The tenant's memories and knowledge graph (cellgate-memory).
+    pub fn memory(&self) -> Memory {
+        Memory {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The tenant's queued tasks (cellgate-orchestration).
+    pub fn tasks(&self) -> TenantTasks {
+        TenantTasks {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The tenant's workflow runs, checkpoints and history.
+    pub fn workflows(&self) -> TenantWorkflows {
+        TenantWorkflows {
+            backend: self.backend.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The tenant's external worker nodes.
+    pub fn nodes(&self) -> TenantNodes {
+        TenantNodes {
             backend: self.backend.clone(),
             tenant: self.tenant.clone(),
         }

@@ -115,9 +115,9 @@ pub fn slug(name: &str) -> String {
         .to_owned()
 }
 
-/// Runs one administrative tool as the local operator; returns its
-/// structured result, or an error with the tool's message.
-pub async fn run_tool(
+/// Runs one tool as the local operator of the operator tenant; returns the
+/// whole `CallToolResult` (a protocol error is an `Err`).
+pub async fn run_tool_raw(
     instance: &Instance,
     config: &Config,
     tool: &str,
@@ -129,7 +129,7 @@ pub async fn run_tool(
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let result = instance
+    instance
         .server
         .pipeline()
         .call(Call {
@@ -140,7 +140,18 @@ pub async fn run_tool(
             },
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+/// Runs one administrative tool as the local operator; returns its
+/// structured result, or an error with the tool's message.
+pub async fn run_tool(
+    instance: &Instance,
+    config: &Config,
+    tool: &str,
+    args: Value,
+) -> anyhow::Result<Value> {
+    let result = run_tool_raw(instance, config, tool, args).await?;
     if result.get("isError").and_then(Value::as_bool) == Some(true) {
         let text = result["content"][0]["text"]
             .as_str()

@@ -74,6 +74,13 @@ pub struct Instance {
     pub auth: AuthStack,
     pub audit: Option<(AuditSink, AuditWriter)>,
     pub federation: Option<Arc<Federation>>,
+    /// Installed WebAssembly cells, when `[cells]` is enabled.
+    pub cells: Option<Arc<cellgate_cells::CellRegistry>>,
+    /// The memory service, when `[memory]` is enabled.
+    pub memory: Option<Arc<cellgate_memory::MemoryProvider>>,
+    /// The task queue and workflow engine, when `[orchestration]` is enabled;
+    /// its workers run only under `serve` and `stdio` ([`Instance::start_workers`]).
+    pub orchestration: Option<cellgate_orchestration::Engine>,
 }
 
 impl Instance {
@@ -191,6 +198,32 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     if let Some(f) = &federation {
         providers.push(f.clone());
     }
+    let cells = if config.cells.enabled {
+        let registry = cell_registry(config, &store, audit.as_ref().map(|(s, _)| s.clone()))?;
+        providers.push(cellgate_cells::CellProvider::new(registry.clone()));
+        Some(registry)
+    } else {
+        None
+    };
+    let memory = if config.memory.enabled {
+        let m = memory_provider(config, &store)?;
+        providers.push(m.clone());
+        Some(m)
+    } else {
+        None
+    };
+    // The engine runs each task as a call through the very pipeline built
+    // below, so it reaches the pipeline through a handle filled in later.
+    let task_runner = cellgate_orchestration::DeferredPipeline::new();
+    let orchestration = if config.orchestration.enabled {
+        let engine = task_engine(config, &store, task_runner.clone())?;
+        providers.push(cellgate_orchestration::OrchestrationProvider::new(
+            engine.clone(),
+        ));
+        Some(engine)
+    } else {
+        None
+    };
     providers.push(admin.clone());
     let catalog = Catalog::new(providers);
     admin.attach(&catalog);
@@ -270,7 +303,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         }
         builder.layer(TraceLayer).layer(meter.clone()).build()
     };
-    let server = McpServer::new(assemble(None), edge_config(config), metrics.clone());
+    let pipeline = assemble(None);
+    task_runner.attach(pipeline.clone());
+    let server = McpServer::new(pipeline, edge_config(config), metrics.clone());
     let mut virtual_servers = Vec::with_capacity(config.servers.len());
     for vs in &config.servers {
         let scope = ServerScopeStage::new(vs)
@@ -288,12 +323,125 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     Ok(Instance {
         server,
         virtual_servers,
+        cells,
+        memory,
+        orchestration,
         store,
         metrics,
         auth,
         audit,
         federation,
     })
+}
+
+/// The memory service with the configured embedder; elevation's PII
+/// redaction uses the content filter's detectors and national-id patterns.
+fn memory_provider(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<Arc<cellgate_memory::MemoryProvider>> {
+    use cellgate_config::EmbeddingBackend;
+    let m = &config.memory;
+    let e = &m.embedding;
+    let embedder: Arc<dyn cellgate_memory::Embedder> = match e.backend {
+        EmbeddingBackend::Local => Arc::new(
+            cellgate_memory::HashedEmbedder::new(e.dimensions as usize)
+                .map_err(|e| anyhow::anyhow!("[memory.embedding]: {e}"))?,
+        ),
+        EmbeddingBackend::Openai => {
+            let key = match &e.api_key_env {
+                Some(var) => Some(std::env::var(var).with_context(|| {
+                    format!("memory.embedding.api_key_env names {var}, which is not set")
+                })?),
+                None => None,
+            };
+            Arc::new(
+                cellgate_memory::HttpEmbedder::new(
+                    e.url.as_deref().unwrap_or_default(),
+                    e.model.as_deref().unwrap_or_default(),
+                    key,
+                    Duration::from_secs(e.timeout_secs),
+                )
+                .map_err(|e| anyhow::anyhow!("[memory.embedding]: {e}"))?,
+            )
+        }
+    };
+    let national_ids: Vec<(String, String)> = config
+        .filter
+        .national_ids
+        .iter()
+        .map(|n| (n.name.clone(), n.pattern.clone()))
+        .collect();
+    let detectors = cellgate_inspect::Detectors::new(&national_ids)
+        .map_err(|e| anyhow::anyhow!("filter.national_ids: {e}"))?;
+    let tuning = cellgate_memory::MemoryConfig {
+        keep_versions: m.keep_versions,
+        exact_search_max: usize::try_from(m.exact_search_max).unwrap_or(usize::MAX),
+        discovery_threshold: m.discovery_threshold,
+        merge_threshold: m.merge_threshold,
+        prune_below: m.prune_below,
+        ..cellgate_memory::MemoryConfig::default()
+    };
+    Ok(cellgate_memory::MemoryProvider::new(
+        store.clone(),
+        embedder,
+        cellgate_memory::Anonymizer::new(detectors),
+        tuning,
+    ))
+}
+
+/// The task engine. Its lease owner name is kept in the data directory, so
+/// that after a crash the restarted instance takes its own leases back at
+/// once instead of waiting for them to expire.
+fn task_engine(
+    config: &Config,
+    store: &Store,
+    runner: Arc<cellgate_orchestration::DeferredPipeline>,
+) -> anyhow::Result<cellgate_orchestration::Engine> {
+    let o = &config.orchestration;
+    let dir = config.data_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("instance-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        _ => {
+            let id = format!("cellgate-{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            id
+        }
+    };
+    let engine_config = cellgate_orchestration::EngineConfig {
+        instance_id: Some(id),
+        queues: o
+            .queues
+            .iter()
+            .map(|(q, n)| (q.clone(), *n as usize))
+            .collect(),
+        visibility_timeout: Duration::from_secs(o.visibility_timeout_secs),
+        heartbeat_interval: Duration::from_secs(o.heartbeat_secs),
+        ..cellgate_orchestration::EngineConfig::default()
+    };
+    Ok(cellgate_orchestration::Engine::new(
+        store.clone(),
+        runner,
+        engine_config,
+    ))
+}
+
+/// The cell runtime: modules under `<data_dir>/cells`, limits from `[cells]`.
+fn cell_registry(
+    config: &Config,
+    store: &Store,
+    audit: Option<AuditSink>,
+) -> anyhow::Result<Arc<cellgate_cells::CellRegistry>> {
+    let c = &config.cells;
+    let mut cells = cellgate_cells::CellsConfig::new(config.data_dir());
+    cells.mount_roots = c.mount_roots.iter().map(Into::into).collect();
+    cells.sandbox.max_memory_bytes = c.max_memory_bytes;
+    cells.sandbox.max_concurrent_calls = c.max_concurrent_calls;
+    cells.max_module_bytes = usize::try_from(c.max_module_bytes).unwrap_or(usize::MAX);
+    cellgate_cells::CellRegistry::new(store.clone(), cells, audit)
+        .map_err(|e| anyhow::anyhow!("invalid [cells]: {e}"))
 }
 
 /// The environment variable that counts how deep in a chain of cellgates
@@ -580,6 +728,7 @@ pub async fn serve(
         println!("  demo:        conformance tools, resources and prompts are served");
     }
     let _background = instance.auth.spawn_background();
+    let services = Services::start(&instance, &config).await?;
     if let (Some((path, load)), Some(federation)) = (reload, &instance.federation) {
         if let Some(p) = &path {
             println!("  reload:      on changes to {} and on SIGHUP", p.display());
@@ -612,6 +761,7 @@ pub async fn serve(
             .await
             .context("serving HTTP")?,
     }
+    services.stop().await;
     instance.shutdown().await;
     Ok(())
 }
@@ -619,11 +769,71 @@ pub async fn serve(
 pub async fn stdio(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let instance = build(&config).await?;
-    cellgate_mcp::stdio::serve_stdio(instance.server.clone())
+    let services = Services::start(&instance, &config).await?;
+    let served = cellgate_mcp::stdio::serve_stdio(instance.server.clone())
         .await
-        .context("serving stdio")?;
+        .context("serving stdio");
+    services.stop().await;
     instance.shutdown().await;
+    served?;
     Ok(())
+}
+
+/// What a serving instance runs besides answering requests: task workers
+/// (after taking back this instance's leases from before a crash and
+/// resuming its workflows), scheduled memory consolidation, and periodic
+/// re-verification of installed cells.
+pub struct Services {
+    workers: Option<cellgate_orchestration::BackgroundWorkers>,
+    jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Services {
+    pub async fn start(instance: &Instance, config: &Config) -> anyhow::Result<Services> {
+        let mut jobs = Vec::new();
+        if let Some(cells) = &instance.cells
+            && config.cells.reverify_interval_secs > 0
+        {
+            jobs.push(
+                cells.spawn_reverifier(Duration::from_secs(config.cells.reverify_interval_secs)),
+            );
+        }
+        if let Some(memory) = &instance.memory
+            && config.memory.consolidate_every_secs > 0
+        {
+            jobs.push(memory.spawn_scheduled_consolidation(Duration::from_secs(
+                config.memory.consolidate_every_secs,
+            )));
+        }
+        let workers = match &instance.orchestration {
+            Some(engine) => {
+                let recovered = engine
+                    .recover_on_startup()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("resuming tasks and workflows: {e}"))?;
+                if recovered > 0 {
+                    tracing::info!(
+                        recovered,
+                        "took back tasks and workflows from before a restart"
+                    );
+                }
+                Some(engine.start())
+            }
+            None => None,
+        };
+        Ok(Services { workers, jobs })
+    }
+
+    /// Stops the workers (their tasks in flight go back to the queue) and
+    /// the periodic jobs.
+    pub async fn stop(self) {
+        for job in &self.jobs {
+            job.abort();
+        }
+        if let Some(w) = self.workers {
+            w.shutdown().await;
+        }
+    }
 }
 
 async fn shutdown_signal() {

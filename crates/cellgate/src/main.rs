@@ -4,8 +4,10 @@
 mod admin;
 mod app;
 mod bench;
+mod cells;
 mod ops;
 mod reload;
+mod tasks;
 mod upstream_state;
 
 use std::path::PathBuf;
@@ -92,6 +94,27 @@ enum Command {
         instance: InstanceArgs,
         #[command(subcommand)]
         command: ops::TokenCommand,
+    },
+    /// Make, sign, install and manage WebAssembly cells (sandboxed tools).
+    Cell {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: cells::CellCommand,
+    },
+    /// Queue tool calls as durable tasks and inspect them.
+    Task {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: tasks::TaskCommand,
+    },
+    /// Check and run phased workflows.
+    Workflow {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: tasks::WorkflowCommand,
     },
     /// Verify or export the tamper-evident audit log.
     Audit {
@@ -200,6 +223,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(ops::key(config, command))
         }
         Command::Token { instance, command } => ops::token(app::load_config(&instance)?, command),
+        Command::Cell { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(cells::run(config, command))
+        }
+        Command::Task { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(tasks::task(config, command))
+        }
+        Command::Workflow { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(tasks::workflow(config, command))
+        }
         Command::Audit { instance, command } => {
             let config = app::load_config(&instance)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
