@@ -163,3 +163,66 @@ command = "{time_server}"
         asyncio.run(scenario())
     finally:
         gateway.stop()
+
+
+def test_upstreams_added_at_run_time_persist_sealed_and_can_be_removed(data_dir):
+    """add_upstream over REST starts an upstream at once; it survives a
+    restart; its credentials are not readable in the database; bad entries
+    and names declared in the file are refused with the reason."""
+    import sys
+
+    time_server = str(Path(sys.executable).parent / "mcp-server-time")
+    file_config = f"""
+[[upstreams]]
+name = "declared"
+[upstreams.transport]
+type = "stdio"
+command = "{time_server}"
+"""
+
+    def rest(gateway, tool, body):
+        req = urllib.request.Request(f"{gateway.base}/api/v1/tools/{tool}", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def tool_names(gateway):
+        status, body = rest(gateway, "list_upstreams", {})
+        assert status == 200, body
+        return {u["name"]: u for u in body["structuredContent"]["upstreams"]}
+
+    secret = "Bearer s3cret-token-for-the-test"
+    entry = {"name": "clock", "transport": {"type": "stdio", "command": time_server,
+                                            "env": {"CLOCK_TOKEN": secret}}}
+    gateway = Server(config=file_config, data_dir=data_dir)
+    try:
+        status, body = rest(gateway, "add_upstream", {"upstream": entry})
+        assert status == 200 and not body.get("isError"), body
+        assert "clock" in tool_names(gateway)
+        status, body = rest(gateway, "add_upstream", {"upstream": entry})
+        assert body.get("isError") and "replace=true" in json.dumps(body), body
+        status, body = rest(gateway, "add_upstream", {"upstream": {**entry, "name": "declared"}})
+        assert body.get("isError") and "cellgate.toml" in json.dumps(body), body
+        status, body = rest(gateway, "add_upstream", {"upstream": {"name": "x", "transport": {"type": "carrier-pigeon"}}})
+        assert body.get("isError") and "upstream.transport" in json.dumps(body), body
+        assert "x" not in tool_names(gateway)
+    finally:
+        gateway.stop()
+    # The token is sealed: no database file holds it in clear.
+    for f in data_dir.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f"{f} holds the credential in clear"
+    gateway = Server(config=file_config, data_dir=data_dir)
+    try:
+        upstreams = tool_names(gateway)
+        assert {"declared", "clock"} <= set(upstreams), upstreams
+        status, body = rest(gateway, "remove_upstream", {"name": "declared"})
+        assert body.get("isError") and "remove it there" in json.dumps(body), body
+        status, body = rest(gateway, "remove_upstream", {"name": "clock"})
+        assert status == 200 and not body.get("isError"), body
+        assert "clock" not in tool_names(gateway)
+    finally:
+        gateway.stop()

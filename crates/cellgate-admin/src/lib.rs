@@ -31,6 +31,17 @@ pub struct AdminServices {
     pub audit: Option<AuditTools>,
     /// Upstream MCP servers, when any are configured.
     pub federation: Option<Arc<cellgate_federation::Federation>>,
+    /// Adding and removing upstreams at run time (persisted elsewhere).
+    pub runtime_upstreams: Option<Arc<dyn RuntimeUpstreams>>,
+}
+
+/// Upstreams added and removed while running. The implementation persists
+/// them (credentials sealed) and applies the change to the federation;
+/// errors are messages for the caller.
+pub trait RuntimeUpstreams: Send + Sync {
+    /// `entry` has the shape of one `[[upstreams]]` table of `cellgate.toml`.
+    fn add(&self, entry: Value, replace: bool) -> BoxFuture<'_, Result<Value, String>>;
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Value, String>>;
 }
 
 /// What the audit tools need.

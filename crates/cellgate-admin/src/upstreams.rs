@@ -12,6 +12,8 @@ const TOOLS: &[&str] = &[
     "list_upstreams",
     "list_upstream_incidents",
     "approve_tool_pin",
+    "add_upstream",
+    "remove_upstream",
 ];
 
 pub(crate) fn handles(name: &str) -> bool {
@@ -47,6 +49,25 @@ pub(crate) fn definitions() -> Vec<Tool> {
             false,
             false,
         ),
+        def(
+            "add_upstream",
+            "Add (or with replace=true change) an upstream MCP server while running. The entry has the shape of one [[upstreams]] table of cellgate.toml; it is stored with its headers and environment encrypted, and survives restarts.",
+            json!({
+                "upstream": { "type": "object", "description": "name, transport ({type = stdio|http|sse, …}), and optional settings as in cellgate.toml" },
+                "replace": { "type": "boolean", "description": "Change an upstream added earlier (default false)" }
+            }),
+            &["upstream"],
+            false,
+            false,
+        ),
+        def(
+            "remove_upstream",
+            "Stop and forget an upstream that was added at run time (those of cellgate.toml are removed in the file).",
+            json!({ "name": { "type": "string" } }),
+            &["name"],
+            false,
+            true,
+        ),
     ]
 }
 
@@ -63,6 +84,34 @@ pub(crate) async fn call(
         .clone()
         .ok_or_else(|| McpError::invalid_params("no upstream servers are configured"))?;
     match name {
+        "add_upstream" | "remove_upstream" => {
+            let Some(runtime) = p.services().runtime_upstreams.clone() else {
+                return Err(McpError::invalid_params(
+                    "upstreams cannot be added at run time on this instance",
+                ));
+            };
+            let outcome = if name == "add_upstream" {
+                let entry = args
+                    .get("upstream")
+                    .cloned()
+                    .filter(Value::is_object)
+                    .ok_or_else(|| McpError::invalid_params("upstream: an object is required"))?;
+                let replace = args
+                    .get("replace")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                runtime.add(entry, replace).await
+            } else {
+                runtime.remove(&required(&args, "name")?).await
+            };
+            return Ok(match outcome {
+                Ok(v) => {
+                    tracing::warn!(tool = name, by = %ctx.principal.id, "upstreams changed at run time");
+                    ok(v)
+                }
+                Err(e) => failed(e),
+            });
+        }
         "list_upstreams" => Ok(ok(json!({ "upstreams": json_of(&federation.status()) }))),
         "list_upstream_incidents" => Ok(ok(json!({
             "incidents": json_of(&federation.incidents()),

@@ -66,6 +66,8 @@ fn init_logging(config: &Config) {
 
 /// Everything a running instance is made of.
 pub struct Instance {
+    /// Where upstreams come from: the file and those added at run time.
+    pub upstream_sources: Arc<crate::runtime_upstreams::UpstreamSources>,
     pub server: Arc<McpServer>,
     /// `[[servers]]`, by name: each served at `/servers/{name}/mcp`.
     pub virtual_servers: Vec<(String, Arc<McpServer>)>,
@@ -157,23 +159,34 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         None
     };
 
-    // Always present, even with no upstreams, so that a reload can add some.
+    // Always present, even with no upstreams, so that a reload or
+    // `add_upstream` can add some.
     let operator =
         TenantId::parse(&config.policy.operator_tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let federation = Federation::builder(
+    upstreams_with_loop_guard(config)?;
+    let upstream_sources = crate::runtime_upstreams::UpstreamSources::new(
+        &store,
+        &operator,
+        crate::runtime_upstreams::CredentialSeal::load_or_create(&config.data_dir())?,
         config.federation.clone(),
-        upstreams_with_loop_guard(config)?,
-    )
-    .pin_store(Arc::new(crate::upstream_state::StorePins::new(
-        &store, &operator,
-    )))
-    .incident_sink(crate::upstream_state::StoreIncidents::new(
-        &store, &operator,
-    ))
-    .start()
-    .await
-    .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
+        config.upstreams.clone(),
+    );
+    let (federation_config, upstreams) = upstream_sources
+        .merged()
+        .await
+        .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
+    let federation = Federation::builder(federation_config, upstreams)
+        .pin_store(Arc::new(crate::upstream_state::StorePins::new(
+            &store, &operator,
+        )))
+        .incident_sink(crate::upstream_state::StoreIncidents::new(
+            &store, &operator,
+        ))
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("upstreams: {e}"))?;
     let federation = Arc::new(federation);
+    upstream_sources.attach(federation.clone());
     metrics.with_registry(|r| federation.metrics().register(r));
     let federation = Some(federation);
 
@@ -187,6 +200,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
                 trusted: vec![instance_key.verifying_key()],
             }),
             federation: federation.clone(),
+            runtime_upstreams: Some(upstream_sources.clone()),
         },
     );
     // The demo provider comes first: the conformance suite calls the first
@@ -321,6 +335,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         ));
     }
     Ok(Instance {
+        upstream_sources,
         server,
         virtual_servers,
         cells,
@@ -457,6 +472,13 @@ const MAX_DEPTH: u32 = 4;
 pub(crate) fn upstreams_with_loop_guard(
     config: &Config,
 ) -> anyhow::Result<Vec<cellgate_config::UpstreamConfig>> {
+    with_loop_guard(config.upstreams.clone())
+}
+
+/// [`upstreams_with_loop_guard`] for any list of upstreams.
+pub(crate) fn with_loop_guard(
+    mut upstreams: Vec<cellgate_config::UpstreamConfig>,
+) -> anyhow::Result<Vec<cellgate_config::UpstreamConfig>> {
     let depth: u32 = std::env::var(DEPTH_VAR)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -468,7 +490,6 @@ pub(crate) fn upstreams_with_loop_guard(
              Give the child its own --config or cwd."
         );
     }
-    let mut upstreams = config.upstreams.clone();
     for u in &mut upstreams {
         if let cellgate_config::UpstreamTransport::Stdio(t) = &mut u.transport {
             t.env.insert(DEPTH_VAR.to_owned(), (depth + 1).to_string());
@@ -729,11 +750,16 @@ pub async fn serve(
     }
     let _background = instance.auth.spawn_background();
     let services = Services::start(&instance, &config).await?;
-    if let (Some((path, load)), Some(federation)) = (reload, &instance.federation) {
+    if let Some((path, load)) = reload {
         if let Some(p) = &path {
             println!("  reload:      on changes to {} and on SIGHUP", p.display());
         }
-        crate::reload::spawn(path, config.clone(), load, federation.clone());
+        crate::reload::spawn(
+            path,
+            config.clone(),
+            load,
+            instance.upstream_sources.clone(),
+        );
     }
     let app = http_app(&instance, config.metrics.enabled);
     match (&config.server.tls_cert, &config.server.tls_key) {

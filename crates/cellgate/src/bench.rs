@@ -1,6 +1,11 @@
 //! `cellgate bench`: N concurrent MCP sessions over Streamable HTTP calling
 //! a trivial built-in tool, against a bare hyper server answering the same
 //! requests with a canned body in the same run (the ceiling).
+//!
+//! `cellgate bench --proxy`: the proxy overhead. The same tool on an HTTP
+//! upstream (cellgate's bare edge on a loopback port) called directly and
+//! through a cellgate that federates it, in the same run: closed-loop
+//! throughput, and latency at a fixed offered rate.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,8 +35,16 @@ pub struct BenchArgs {
     pub json: bool,
     /// Load only the full trust pipeline (no ceiling, no bare edge): for
     /// profiling it, e.g. under `perf record`. Ratios are not printed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "proxy")]
     pub only_full: bool,
+    /// Measure the proxy overhead instead: an HTTP upstream called directly
+    /// vs through cellgate (closed-loop throughput, then latency at --rate).
+    #[arg(long)]
+    pub proxy: bool,
+    /// With --proxy: calls per second offered in the fixed-rate (open-loop)
+    /// measurement, spread evenly over the sessions.
+    #[arg(long, default_value_t = 2000, requires = "proxy")]
+    pub rate: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -104,11 +117,7 @@ async fn load(
     bearer: Option<String>,
     args: &BenchArgs,
 ) -> anyhow::Result<Outcome> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.sessions)
-        .build(connector);
+    let client = http_client(args.sessions);
     let warm_until = Instant::now() + Duration::from_secs(args.warmup);
     let stop = warm_until + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -162,18 +171,13 @@ async fn load(
         errors += e;
     }
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(Outcome {
         name,
         calls: all.len(),
         errors,
         seconds: args.seconds as f64,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
     })
 }
 
@@ -243,6 +247,9 @@ fn bare_edge() -> axum::Router {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.sessions == 0 || args.seconds == 0 {
         bail!("--sessions and --seconds must be at least 1");
+    }
+    if args.proxy {
+        return run_proxy(&args).await;
     }
     let dir = std::env::temp_dir().join(format!("cellgate-bench-{}", std::process::id()));
     // The full pipeline: authentication required (a JWT per request,
@@ -367,6 +374,398 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let failed: usize = [&bare, &full].iter().map(|o| o.errors).sum();
+    if failed > 0 {
+        bail!("{failed} calls failed during the benchmark");
+    }
+    Ok(())
+}
+
+// `--proxy`: the same tool on an HTTP upstream, direct vs through cellgate.
+
+/// Issue #3's targets for the proxy overhead.
+const TARGET_THROUGHPUT_RATIO: f64 = 0.5;
+const TARGET_P99_OVERHEAD_MS: f64 = 1.0;
+const TARGET_RATE: u32 = 2000;
+
+/// How far behind its schedule a fixed-rate session may fall before it
+/// stops sending and counts the rest of its calls as missed (so a target
+/// that cannot keep up ends the run instead of stretching it).
+const OPEN_LOOP_GRACE: Duration = Duration::from_secs(1);
+
+/// One fixed-rate (open-loop) run.
+#[derive(Debug, Clone)]
+struct OpenOutcome {
+    name: &'static str,
+    calls: usize,
+    errors: usize,
+    /// Calls scheduled in the measured window but never sent: the target
+    /// fell more than [`OPEN_LOOP_GRACE`] behind.
+    missed: usize,
+    seconds: f64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+impl OpenOutcome {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+}
+
+fn http_client(sessions: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(sessions)
+        .build(connector)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// One `tools/call` of `echo`; true when it answered a JSON-RPC result.
+async fn call_echo(client: &HttpClient, url: &str, session: Option<&str>, id: u64) -> bool {
+    let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":format!("c{id}")}}});
+    match client.request(post(url, &call, session, None)).await {
+        Ok(r) => {
+            let good = r.status().is_success();
+            match r.into_body().collect().await {
+                Ok(b) => good && memchr_result(&b.to_bytes()),
+                Err(_) => false,
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `echo` answers through `url`: the gateway connects to its
+/// upstream and lists its tools in the background after it starts.
+async fn wait_for_echo(client: &HttpClient, url: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    let session = open_session(client, url, None)
+        .await
+        .with_context(|| format!("opening a session with {url}"))?;
+    loop {
+        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"ready?"}}});
+        let resp = client
+            .request(post(url, &call, session.as_deref(), None))
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status.is_success() && memchr_result(&body) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "`echo` did not answer through {url} within {}s; last answer: {status} {}",
+                within.as_secs(),
+                String::from_utf8_lossy(&body)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Offers `args.rate` calls per second to `url`, spread evenly over
+/// `args.sessions` sessions, and measures each call's latency from the time
+/// it was scheduled to be sent, not from when it was sent: a call delayed by
+/// a slow predecessor on its session counts the delay (no coordinated
+/// omission). That includes the timer's granularity (about 1 ms in tokio)
+/// on both targets alike.
+async fn open_loop(
+    name: &'static str,
+    url: String,
+    args: &BenchArgs,
+) -> anyhow::Result<OpenOutcome> {
+    let client = http_client(args.sessions);
+    // Handshakes happen before the schedule starts.
+    let mut sessions = Vec::with_capacity(args.sessions);
+    for _ in 0..args.sessions {
+        sessions.push(open_session(&client, &url, None).await?);
+    }
+    let rate = f64::from(args.rate);
+    let start = Instant::now() + Duration::from_millis(20);
+    let warm_until = start + Duration::from_secs(args.warmup);
+    let stop = warm_until + Duration::from_secs(args.seconds);
+    let give_up = stop + OPEN_LOOP_GRACE;
+    let per_session = args.sessions as u64;
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for (worker, session) in sessions.into_iter().enumerate() {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            // Call k of session w is due at (w + k·sessions) / rate after the
+            // start: all sessions' calls together are 1/rate apart.
+            let due = |k: u64| {
+                start + Duration::from_secs_f64((worker as u64 + k * per_session) as f64 / rate)
+            };
+            let mut lat = Vec::with_capacity(1 << 14);
+            let (mut errors, mut missed) = (0usize, 0usize);
+            let mut k = 0u64;
+            loop {
+                let at = due(k);
+                if at >= stop {
+                    break;
+                }
+                if Instant::now() >= give_up {
+                    missed += (k..)
+                        .map(due)
+                        .take_while(|t| *t < stop)
+                        .filter(|t| *t >= warm_until)
+                        .count();
+                    break;
+                }
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let ok = call_echo(&client, &url, session.as_deref(), k + 1).await;
+                if at >= warm_until {
+                    if ok {
+                        lat.push(at.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                k += 1;
+            }
+            anyhow::Ok((lat, errors, missed))
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut missed) = (0, 0);
+    for t in tasks {
+        let (lat, e, m) = t.await.context("bench worker panicked")??;
+        all.extend(lat);
+        errors += e;
+        missed += m;
+    }
+    all.sort_unstable();
+    Ok(OpenOutcome {
+        name,
+        calls: all.len(),
+        errors,
+        missed,
+        seconds: args.seconds as f64,
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        max_us: all.last().copied().unwrap_or(0),
+    })
+}
+
+/// The gateway's configuration: one HTTP upstream, namespaced only when
+/// there are several (so `echo` keeps its name), no demo provider, trust
+/// layers at their defaults except that authentication is not required.
+fn proxy_config(
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+) -> anyhow::Result<cellgate_config::Config> {
+    use cellgate_config::{HttpTransport, NamespaceMode, UpstreamConfig, UpstreamTransport};
+    let mut config = cellgate_config::Config::load(None, std::env::vars())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.data_dir = Some(dir.display().to_string());
+    config.demo.enabled = false;
+    config.auth.required = false;
+    // The layer still runs; its default plan (500 calls/s per principal)
+    // would refuse the one anonymous caller's load.
+    if let Some(plan) = config.rate_limit.plans.get_mut("default") {
+        plan.tenant_per_second = 1_000_000;
+        plan.tenant_burst = 1_000_000;
+        plan.principal_per_second = 1_000_000;
+        plan.principal_burst = 1_000_000;
+    }
+    config.federation.namespace = NamespaceMode::Conditional;
+    config.upstreams = vec![UpstreamConfig::new(
+        "bench",
+        UpstreamTransport::Http(HttpTransport {
+            url: format!("http://{upstream}/mcp"),
+            headers: Default::default(),
+        }),
+    )];
+    Ok(config)
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn met(b: bool) -> &'static str {
+    if b { "met" } else { "NOT met" }
+}
+
+async fn run_proxy(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.rate == 0 {
+        bail!("--rate must be at least 1");
+    }
+    if u64::from(args.rate) < args.sessions as u64 {
+        bail!(
+            "--rate ({}) must be at least --sessions ({}): every session sends at least one call per second",
+            args.rate,
+            args.sessions
+        );
+    }
+    let upstream = serve_on_loopback(bare_edge()).await?;
+    let dir = std::env::temp_dir().join(format!("cellgate-bench-proxy-{}", std::process::id()));
+    let config = proxy_config(upstream, &dir)?;
+    let layers = format!(
+        "auth not required (anonymous local caller), rate limit {} (plan raised to 1M/s so it never refuses), \
+         authorization on, inspection {}, filter {}, audit {}",
+        on_off(config.rate_limit.enabled),
+        on_off(config.inspect.enabled),
+        on_off(config.filter.enabled),
+        on_off(config.audit.enabled),
+    );
+    let instance = crate::app::build(&config).await?;
+    let result = measure_proxy(args, upstream, &instance, &layers).await;
+    instance.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure_proxy(
+    args: &BenchArgs,
+    upstream: SocketAddr,
+    instance: &crate::app::Instance,
+    layers: &str,
+) -> anyhow::Result<()> {
+    let gateway = serve_on_loopback(crate::app::http_app(instance, true)).await?;
+    let direct_url = format!("http://{upstream}/mcp");
+    let through_url = format!("http://{gateway}/mcp");
+    wait_for_echo(&http_client(1), &through_url, Duration::from_secs(30)).await?;
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "cellgate bench --proxy: tool `echo` on an HTTP upstream (cellgate's bare edge on loopback), \
+         direct vs through cellgate; {} sessions, {}s warm-up + {}s per measurement, {} calls/s offered \
+         at fixed rate, {cores} cores",
+        args.sessions, args.warmup, args.seconds, args.rate
+    );
+    eprintln!("gateway trust layers: {layers}");
+
+    let closed_direct = load("direct", direct_url.clone(), None, args).await?;
+    let closed_through = load("through cellgate", through_url.clone(), None, args).await?;
+    let open_direct = open_loop("direct", direct_url, args).await?;
+    let open_through = open_loop("through cellgate", through_url, args).await?;
+
+    let ratio = closed_through.rate() / closed_direct.rate().max(1.0);
+    let overhead_ms = (open_through.p99_us as f64 - open_direct.p99_us as f64) / 1000.0;
+    let ratio_met = ratio >= TARGET_THROUGHPUT_RATIO;
+    // The latency target only counts if the gateway kept up with the rate.
+    let kept_up = open_through.missed == 0 && open_through.errors == 0;
+    let overhead_met = kept_up && args.rate >= TARGET_RATE && overhead_ms <= TARGET_P99_OVERHEAD_MS;
+
+    if args.json {
+        let closed = |o: &Outcome| {
+            json!({"target": o.name, "calls": o.calls, "errors": o.errors,
+            "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us})
+        };
+        let open = |o: &OpenOutcome| {
+            json!({"target": o.name, "calls": o.calls, "errors": o.errors,
+            "missed": o.missed, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us,
+            "p99_us": o.p99_us, "max_us": o.max_us})
+        };
+        println!(
+            "{}",
+            json!({
+                "mode": "proxy",
+                "tool": "echo",
+                "sessions": args.sessions,
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "cores": cores,
+                "auth_required": false,
+                "gateway_layers": layers,
+                "closed_loop": {
+                    "results": [closed(&closed_direct), closed(&closed_through)],
+                    "through_to_direct": ratio,
+                },
+                "open_loop": {
+                    "offered_calls_per_sec": args.rate,
+                    "results": [open(&open_direct), open(&open_through)],
+                    "p99_overhead_ms": overhead_ms,
+                },
+                "targets": {
+                    "throughput_ratio": {"min": TARGET_THROUGHPUT_RATIO, "value": ratio, "met": ratio_met},
+                    "p99_overhead_ms": {"max": TARGET_P99_OVERHEAD_MS, "at_calls_per_sec": TARGET_RATE,
+                        "value": overhead_ms, "met": overhead_met},
+                },
+            })
+        );
+    } else {
+        println!(
+            "closed loop: {} sessions, each calling as fast as answers come",
+            args.sessions
+        );
+        println!(
+            "{:<20} {:>10} {:>9} {:>9} {:>7}",
+            "target", "calls/s", "p50 µs", "p99 µs", "errors"
+        );
+        for o in [&closed_direct, &closed_through] {
+            println!(
+                "{:<20} {:>10.0} {:>9} {:>9} {:>7}",
+                o.name,
+                o.rate(),
+                o.p50_us,
+                o.p99_us,
+                o.errors
+            );
+        }
+        println!("through / direct: {ratio:.2}");
+        println!();
+        println!(
+            "open loop: {} calls/s offered, evenly over {} sessions; latency from the scheduled send time",
+            args.rate, args.sessions
+        );
+        println!(
+            "{:<20} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            "target", "calls/s", "p50 µs", "p99 µs", "max µs", "errors", "missed"
+        );
+        for o in [&open_direct, &open_through] {
+            println!(
+                "{:<20} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>7}",
+                o.name,
+                o.rate(),
+                o.p50_us,
+                o.p99_us,
+                o.max_us,
+                o.errors,
+                o.missed
+            );
+        }
+        println!("p99 overhead (through − direct): {overhead_ms:.2} ms");
+        println!();
+        println!("targets (issue #3):");
+        println!(
+            "  through-gateway throughput ≥ {:.0} % of direct: {:.0} % — {}",
+            TARGET_THROUGHPUT_RATIO * 100.0,
+            ratio * 100.0,
+            met(ratio_met)
+        );
+        let why = if args.rate < TARGET_RATE {
+            format!(
+                " (measured at {} calls/s, below the target's rate)",
+                args.rate
+            )
+        } else if !kept_up {
+            " (the gateway did not keep up with the offered rate)".to_owned()
+        } else {
+            String::new()
+        };
+        println!(
+            "  p99 overhead ≤ {TARGET_P99_OVERHEAD_MS:.0} ms at {TARGET_RATE} calls/s: {overhead_ms:.2} ms — {}{why}",
+            met(overhead_met)
+        );
+    }
+    let failed =
+        closed_direct.errors + closed_through.errors + open_direct.errors + open_through.errors;
     if failed > 0 {
         bail!("{failed} calls failed during the benchmark");
     }

@@ -7,6 +7,7 @@ mod bench;
 mod cells;
 mod ops;
 mod reload;
+mod runtime_upstreams;
 mod tasks;
 mod upstream_state;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cellgate_config::Config;
-use cellgate_federation::Federation;
+
+use crate::runtime_upstreams::UpstreamSources;
 
 /// How often the file is looked at: cheap (one `stat`), and quick enough
 /// that an edit shows within a second or two.
@@ -27,7 +28,7 @@ fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
 }
 
 /// Watches `path` (if any) and SIGHUP; applies each new configuration.
-pub fn spawn(path: Option<PathBuf>, running: Config, load: Loader, federation: Arc<Federation>) {
+pub fn spawn(path: Option<PathBuf>, running: Config, load: Loader, sources: Arc<UpstreamSources>) {
     tokio::spawn(async move {
         let mut current = running;
         let mut seen = path.as_ref().and_then(stamp);
@@ -59,7 +60,7 @@ pub fn spawn(path: Option<PathBuf>, running: Config, load: Loader, federation: A
                     "the configuration file changed"
                 }
             };
-            if let Some(next) = apply(why, &current, &load, &federation).await {
+            if let Some(next) = apply(why, &current, &load, &sources).await {
                 current = next;
             }
         }
@@ -72,7 +73,7 @@ async fn apply(
     why: &str,
     current: &Config,
     load: &Loader,
-    federation: &Federation,
+    sources: &UpstreamSources,
 ) -> Option<Config> {
     let next = match load() {
         Ok(c) => c,
@@ -81,15 +82,8 @@ async fn apply(
             return None;
         }
     };
-    let upstreams = match crate::app::upstreams_with_loop_guard(&next) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(reason = why, error = %format!("{e:#}"), "reload refused");
-            return None;
-        }
-    };
-    match federation
-        .reconcile(next.federation.clone(), upstreams)
+    match sources
+        .set_file(next.federation.clone(), next.upstreams.clone())
         .await
     {
         Ok(summary) => {
