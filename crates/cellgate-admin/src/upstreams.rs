@@ -104,13 +104,13 @@ pub(crate) async fn call(
             } else {
                 runtime.remove(&required(&args, "name")?).await
             };
-            return Ok(match outcome {
+            Ok(match outcome {
                 Ok(v) => {
                     tracing::warn!(tool = name, by = %ctx.principal.id, "upstreams changed at run time");
                     ok(v)
                 }
                 Err(e) => failed(e),
-            });
+            })
         }
         "list_upstreams" => Ok(ok(json!({ "upstreams": json_of(&federation.status()) }))),
         "list_upstream_incidents" => Ok(ok(json!({
