@@ -226,3 +226,64 @@ command = "{time_server}"
         assert "clock" not in tool_names(gateway)
     finally:
         gateway.stop()
+
+
+def test_pins_cli_approves_a_changed_tool_on_the_running_instance():
+    """A tool whose description changes (a rug pull) is held back; `cellgate
+    pins list` shows it and `cellgate pins approve` releases it, talking to
+    the running instance."""
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).resolve().parents[2] / "crates/cellgate-federation/tests/fixtures/fake_server.py"
+    config = f"""
+[[upstreams]]
+name = "fake"
+[upstreams.transport]
+type = "stdio"
+command = "{sys.executable}"
+args = ["{fixture}"]
+"""
+    gateway = Server(config=config)
+
+    def call(tool, body=None):
+        req = urllib.request.Request(f"{gateway.base}/api/v1/tools/{tool}", data=json.dumps(body or {}).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def pins(*args):
+        return subprocess.run([cellgate_bin(), "pins", *args, "--url", gateway.base],
+                              capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+    try:
+        status, body = call("fake__fetch")
+        assert status == 200 and not body.get("isError"), body
+        assert json.loads(pins("list").stdout) == []
+        status, body = call("fake__mutate")
+        assert status == 200, body
+        # The upstream announces list_changed; the gateway re-lists, compares
+        # with the pin and holds the tool back.
+        import time
+        deadline = time.monotonic() + 20
+        pending = []
+        while time.monotonic() < deadline and not pending:
+            listed = pins("list")
+            assert listed.returncode == 0, listed.stderr
+            pending = json.loads(listed.stdout)
+            time.sleep(0.2)
+        status, body = call("fake__fetch")
+        assert status != 200 or body.get("isError"), f"a changed definition must be held back: {body}"
+        assert [(p["upstream"], p["tool"]) for p in pending] == [("fake", "fetch")], pending
+        refused = pins("approve", "fake", "no_such_tool")
+        assert refused.returncode != 0 and "no_such_tool" in refused.stderr, refused
+        approved = pins("approve", "fake", "fetch")
+        assert approved.returncode == 0, approved.stderr
+        status, body = call("fake__fetch")
+        assert status == 200 and not body.get("isError"), body
+        assert json.loads(pins("list").stdout) == []
+    finally:
+        gateway.stop()

@@ -104,7 +104,7 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
     }
     let key = PublisherKey::generate();
     let text = serde_json::to_string_pretty(&key.key_file())?;
-    write_private(out, &text)?;
+    crate::ops::write_private(out, &text)?;
     println!("wrote {} (secret; keep it private)", out.display());
     println!("key id:     {}", key.key_id());
     println!("public key: {}", key.public_key_b64());
@@ -112,22 +112,6 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
         "trust it with: cellgate cell trust NAME {}",
         key.public_key_b64()
     );
-    Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod app;
 mod bench;
 mod cells;
 mod ops;
+mod pins;
 mod reload;
 mod runtime_upstreams;
 mod tasks;
@@ -116,6 +117,13 @@ enum Command {
         instance: InstanceArgs,
         #[command(subcommand)]
         command: tasks::WorkflowCommand,
+    },
+    /// List and approve changed upstream tool definitions on a running instance.
+    Pins {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[command(subcommand)]
+        command: pins::PinsCommand,
     },
     /// Verify or export the tamper-evident audit log.
     Audit {
@@ -238,6 +246,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = app::load_config(&instance)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(tasks::workflow(config, command))
+        }
+        Command::Pins { instance, command } => {
+            let config = app::load_config(&instance)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(pins::run(config, command))
         }
         Command::Audit { instance, command } => {
             let config = app::load_config(&instance)?;

@@ -250,7 +250,7 @@ pub async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<Exit
 
 /// Where `cellgate login` keeps the token: `$XDG_CONFIG_HOME/cellgate/token`
 /// or `~/.config/cellgate/token`, readable by the owner only.
-fn token_path() -> PathBuf {
+pub(crate) fn token_path() -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -271,7 +271,9 @@ pub async fn login(url: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes a secret file readable by its owner only (0600), creating its
+/// directory.
+pub(crate) fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -286,7 +288,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut f = options
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes.as_ref())?;
     Ok(())
 }
 

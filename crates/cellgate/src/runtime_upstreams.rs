@@ -39,12 +39,10 @@ impl CredentialSeal {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
                 let mut b = vec![0u8; 32];
                 rng.fill(&mut b)
                     .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-                write_private(&path, &b)?;
+                crate::ops::write_private(&path, &b)?;
                 b
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -94,23 +92,6 @@ impl CredentialSeal {
             })?;
         Ok(plain.to_vec())
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// Where the federation's upstreams come from: the configuration file and
