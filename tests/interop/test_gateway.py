@@ -125,8 +125,15 @@ command = "{time_server}"
 
     import asyncio
 
+    seen = []
+
+    async def on_message(message):
+        method = getattr(getattr(message, "root", message), "method", None)
+        if method:
+            seen.append(method)
+
     async def scenario():
-        async with Client(gateway.url, mode="legacy") as client:
+        async with Client(gateway.url, mode="legacy", message_handler=on_message) as client:
             before = {t.name for t in (await client.list_tools()).tools}
             assert not any(n.startswith("clock__") for n in before), before
             path.write_text(with_time)
@@ -136,6 +143,11 @@ command = "{time_server}"
                 await asyncio.sleep(0.2)
                 names = {t.name for t in (await client.list_tools()).tools}
             assert "clock__get_current_time" in names, gateway.output()[-2000:]
+            # Connected clients hear of it (listChanged end to end).
+            deadline = clock.monotonic() + 10
+            while clock.monotonic() < deadline and "notifications/tools/list_changed" not in seen:
+                await asyncio.sleep(0.1)
+            assert "notifications/tools/list_changed" in seen, seen
             # The same session, opened before the reload, calls the new tool.
             r = await client.call_tool("clock__get_current_time", {"timezone": "UTC"})
             assert not r.is_error, r
