@@ -45,11 +45,26 @@ fn def(
     required: &[&str],
     read_only: bool,
 ) -> Tool {
-    Tool::new(
-        name,
-        description,
-        json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": false }),
-    )
+    // A property's own schema (e.g. the workflow definition's) refers to
+    // `#/$defs/…`, which must sit at the root of the tool's inputSchema for
+    // validators to resolve it.
+    let mut properties = properties;
+    let mut defs = serde_json::Map::new();
+    if let Value::Object(props) = &mut properties {
+        for schema in props.values_mut() {
+            if let Value::Object(o) = schema {
+                o.remove("$schema");
+                if let Some(Value::Object(d)) = o.remove("$defs") {
+                    defs.extend(d);
+                }
+            }
+        }
+    }
+    let mut input = json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": false });
+    if !defs.is_empty() {
+        input["$defs"] = Value::Object(defs);
+    }
+    Tool::new(name, description, input)
     .with(
         "annotations",
         json!({ "readOnlyHint": read_only, "destructiveHint": false, "openWorldHint": false }),

@@ -1,0 +1,122 @@
+"""Crash safety of the task queue and the workflow engine, with the real
+binary: `kill -9` cellgate while tasks and a workflow run, start it again on
+the same data directory, and check that every task completes once, an
+idempotency key never makes a second task, and the workflow resumes from
+its last checkpoint instead of starting over."""
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conftest import Server
+
+FIXTURE = Path(__file__).resolve().parents[2] / "crates/cellgate-federation/tests/fixtures/fake_server.py"
+CONFIG = f"""
+[[upstreams]]
+name = "fake"
+timeout_secs = 30
+[upstreams.transport]
+type = "stdio"
+command = "{sys.executable}"
+args = ["{FIXTURE}"]
+
+[orchestration]
+visibility_timeout_secs = 6
+heartbeat_secs = 2
+"""
+
+WORKFLOW = {
+    "name": "crash-test",
+    "phases": [
+        {"id": "before", "strategy": "SEQUENTIAL", "steps": [
+            {"id": "mark", "tool": "store_memory",
+             "arguments": {"key": "wf-before", "value": "{{input.label}}", "category": "crash"}}]},
+        {"id": "slow", "strategy": "SEQUENTIAL", "steps": [
+            {"id": "wait", "tool": "fake__sleep", "arguments": {"secs": 3}}]},
+        {"id": "after", "strategy": "SEQUENTIAL", "steps": [
+            {"id": "mark_after", "tool": "store_memory",
+             "arguments": {"key": "wf-after", "value": "{{input.label}}", "category": "crash"}}]},
+    ],
+}
+
+
+def call(server, tool, body):
+    req = urllib.request.Request(f"{server.base}/api/v1/tools/{tool}", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{tool}: HTTP {e.code}: {e.read()[:500]}")
+    assert not out.get("isError"), f"{tool}: {out}"
+    return out["structuredContent"]
+
+
+def wait_for(predicate, what, timeout=90):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        ok, last = predicate()
+        if ok:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(last)[:2000]}")
+
+
+def test_kill_9_mid_work_then_restart_finishes_everything_once(data_dir):
+    server = Server(config=CONFIG, data_dir=data_dir)
+    keys = [f"job-{i}" for i in range(12)]
+    try:
+        ids = {}
+        for k in keys:
+            task = call(server, "submit_task", {"tool": "fake__sleep", "arguments": {"secs": 2},
+                                                "idempotency_key": k, "max_retries": 3})["task"]
+            ids[k] = task["id"]
+        run = call(server, "create_workflow", {"definition": WORKFLOW, "input": {"label": "v1"},
+                                               "execute": True})
+        wf = run["id"]
+        # Wait until the workflow is inside its slow phase and tasks run.
+        wait_for(lambda: (lambda v: (any(h.get("event") == "phase_completed" and h.get("phase") == "before"
+                                         for h in v["history"]), v))(call(server, "get_workflow", {"id": wf})),
+                 "the first phase to complete")
+        running = {t["id"] for t in call(server, "list_tasks", {"status": "running"})["tasks"]}
+        assert running, "some tasks should be running when cellgate is killed"
+    finally:
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        # Stop the orphaned upstream child too (it had its own process).
+        server.stop()
+
+    server = Server(config=CONFIG, data_dir=data_dir)
+    try:
+        def all_done():
+            tasks = call(server, "list_tasks", {"limit": 1000})["tasks"]
+            done = [t for t in tasks if t["status"] == "succeeded"]
+            return len(done) == len(keys), tasks
+        tasks = wait_for(all_done, "every task to succeed after the restart")
+        assert len(tasks) == len(keys), "a task appeared twice"
+        assert {t["id"] for t in tasks} == set(ids.values())
+        # Those the kill interrupted ran again and succeeded, once each.
+        by_id = {t["id"]: t for t in tasks}
+        assert all(by_id[i]["status"] == "succeeded" and by_id[i]["result"] for i in running), running
+        # Submitting again with a used key returns the same task, not a new one.
+        again = call(server, "submit_task", {"tool": "fake__sleep", "arguments": {"secs": 2},
+                                             "idempotency_key": keys[0]})["task"]
+        assert again["id"] == ids[keys[0]]
+        assert len(call(server, "list_tasks", {"limit": 1000})["tasks"]) == len(keys)
+
+        view = wait_for(lambda: (lambda v: (v["status"] == "succeeded", v))(
+            call(server, "get_workflow", {"id": wf})), "the workflow to finish after the restart")
+        completed = [h["phase"] for h in view["history"] if h.get("event") == "phase_completed"]
+        # Resumed from the checkpoint: the first phase is not run again.
+        assert completed == ["before", "slow", "after"], view["history"]
+        before = call(server, "retrieve_memory", {"key": "wf-before"})["memories"][0]
+        assert before["version"] == 1, before
+        assert call(server, "retrieve_memory", {"key": "wf-after"})["memories"][0]["value"] == "v1"
+    finally:
+        server.stop()
