@@ -1848,6 +1848,10 @@ impl Provider for Federation {
         "federation"
     }
 
+    fn claims(&self, name: &str, tool: bool) -> bool {
+        self.inner.route(name, tool).is_some()
+    }
+
     fn list_tools<'a>(
         &'a self,
         _ctx: &'a CallContext,

@@ -129,6 +129,11 @@ impl Catalog {
         Ok(defs.get(name).cloned())
     }
 
+    /// The first provider claiming an unlisted name ([`Provider::claims`]).
+    fn claimant(&self, name: &str, tool: bool) -> Option<usize> {
+        self.providers.iter().position(|p| p.claims(name, tool))
+    }
+
     async fn route(
         &self,
         ctx: &CallContext,
@@ -169,7 +174,11 @@ impl Catalog {
         name: &str,
         arguments: Map<String, Value>,
     ) -> Result<Value, McpError> {
-        match self.route(ctx, name, true).await? {
+        match self
+            .route(ctx, name, true)
+            .await?
+            .or_else(|| self.claimant(name, true))
+        {
             Some(i) => self.providers[i].call_tool(ctx, name, arguments).await,
             None => Err(McpError::invalid_params(format!("unknown tool: {name}"))
                 .with_data(json!({ "name": name }))),
@@ -237,7 +246,11 @@ impl Catalog {
         name: &str,
         arguments: Map<String, Value>,
     ) -> Result<Value, McpError> {
-        match self.route(ctx, name, false).await? {
+        match self
+            .route(ctx, name, false)
+            .await?
+            .or_else(|| self.claimant(name, false))
+        {
             Some(i) => self.providers[i].get_prompt(ctx, name, arguments).await,
             None => Err(McpError::invalid_params(format!("unknown prompt: {name}"))
                 .with_data(json!({ "name": name }))),
@@ -312,5 +325,46 @@ mod tests {
             let e = paginate("tools", items.clone(), Some(bad)).unwrap_err();
             assert_eq!(e.code, crate::codes::INVALID_PARAMS, "{bad}");
         }
+    }
+
+    /// Lists nothing, but owns the names under `down__`.
+    struct Down;
+
+    impl Provider for Down {
+        fn id(&self) -> &str {
+            "down"
+        }
+        fn call_tool<'a>(
+            &'a self,
+            _: &'a CallContext,
+            name: &'a str,
+            _: Map<String, Value>,
+        ) -> crate::BoxFuture<'a, Result<Value, McpError>> {
+            Box::pin(async move { Err(McpError::internal(format!("{name}: upstream is down"))) })
+        }
+        fn claims(&self, name: &str, tool: bool) -> bool {
+            tool && name.starts_with("down__")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unlisted_name_goes_to_the_provider_that_claims_it() {
+        let catalog = Catalog::new(vec![Arc::new(Down)]);
+        let ctx = CallContext::detached("t");
+        let claimed = catalog
+            .call_tool(&ctx, "down__x", Map::new())
+            .await
+            .unwrap_err();
+        assert_eq!(claimed.message, "down__x: upstream is down");
+        let unknown = catalog
+            .call_tool(&ctx, "other", Map::new())
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.message, "unknown tool: other");
+        let prompt = catalog
+            .get_prompt(&ctx, "down__x", Map::new())
+            .await
+            .unwrap_err();
+        assert_eq!(prompt.message, "unknown prompt: down__x");
     }
 }

@@ -105,4 +105,12 @@ pub trait Provider: Send + Sync + 'static {
     fn events(&self) -> Option<broadcast::Receiver<ProviderEvent>> {
         None
     }
+
+    /// Whether a tool (`tool = true`) or prompt this provider did not list
+    /// is still its own: a provider that fronts something currently down
+    /// (an upstream that never came up) claims its names, so the caller
+    /// hears why the call fails rather than "unknown tool".
+    fn claims(&self, _name: &str, _tool: bool) -> bool {
+        false
+    }
 }
