@@ -7,7 +7,10 @@
 //! analysis of its imports against its grants ([`analysis`]), and then
 //! runs in the [`Sandbox`]: a fresh instance per call with fuel, a
 //! wall-clock deadline, a memory ceiling, an output cap, exactly the
-//! granted directories and environment, and no network. [`CellRegistry`]
+//! granted directories and environment, and outbound TCP only to granted
+//! destinations. Cells are WASI preview 1 command modules (JSON on
+//! stdin/stdout) or components of the WIT world `cellgate:cell/tool`
+//! (`wit/cell.wit`). [`CellRegistry`]
 //! keeps each tenant's cells (lifecycle PENDING → VERIFIED → ACTIVE →
 //! SUSPENDED → REVOKED) and their behaviour profiles ([`profile`]);
 //! [`CellProvider`] publishes every active cell's tools as
@@ -15,9 +18,8 @@
 //! the normal pipeline.
 //!
 //! Not here: authorization, rate limits and audit of the calls themselves
-//! (the pipeline does that to cell tools like to any tool), the CLI and
-//! REST front ends (thin clients of the management tools), and component
-//! cells (the WIT world is in `wit/`; this build runs command modules).
+//! (the pipeline does that to cell tools like to any tool), and the CLI and
+//! REST front ends (thin clients of the management tools).
 
 pub mod analysis;
 mod error;

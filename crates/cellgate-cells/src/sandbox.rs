@@ -478,7 +478,12 @@ impl Sandbox {
         // DNS for any name, which it needs to reach that host).
         wasi.allow_udp(false)
             .allow_tcp(!grants.network.is_empty())
-            .allow_ip_name_lookup(grants.network.iter().any(|g| g.host.parse::<IpAddr>().is_err()));
+            .allow_ip_name_lookup(
+                grants
+                    .network
+                    .iter()
+                    .any(|g| g.host.parse::<IpAddr>().is_err()),
+            );
         let check = NetworkCheck {
             grants: Arc::from(grants.network.clone()),
             denials: denials.clone(),
@@ -873,9 +878,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self
-            .total
-            .saturating_add(desired.saturating_sub(current));
+        let total = self.total.saturating_add(desired.saturating_sub(current));
         if total > self.limit {
             self.refused = Some(total);
             // Trapping (not returning -1 to the guest) stops a memory bomb
@@ -1012,5 +1015,81 @@ impl OutputStream for CappedPipe {
         // Accept any write and judge it in `write`, so an oversized result
         // is refused rather than silently split.
         Ok(1 << 20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(grants: &[(&str, u16)]) -> NetworkCheck {
+        NetworkCheck {
+            grants: grants
+                .iter()
+                .map(|(host, port)| NetworkGrant {
+                    host: (*host).to_owned(),
+                    port: *port,
+                })
+                .collect(),
+            denials: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_granted_tcp_connects_pass_the_network_check() {
+        let c = check(&[("127.0.0.1", 8080), ("localhost", 9000)]);
+        assert!(
+            c.allows(addr("127.0.0.1:8080"), SocketAddrUse::TcpConnect)
+                .await
+        );
+        assert!(
+            c.allows(addr("[::ffff:127.0.0.1]:8080"), SocketAddrUse::TcpConnect)
+                .await
+        );
+        // The implicit ephemeral bind before a connect.
+        assert!(c.allows(addr("0.0.0.0:0"), SocketAddrUse::TcpBind).await);
+        // A granted name matches what it resolves to.
+        assert!(
+            c.allows(addr("127.0.0.1:9000"), SocketAddrUse::TcpConnect)
+                .await
+        );
+        assert!(c.denials.lock().unwrap().is_empty());
+
+        for (a, use_) in [
+            ("127.0.0.1:8081", SocketAddrUse::TcpConnect),
+            ("127.0.0.2:8080", SocketAddrUse::TcpConnect),
+            ("0.0.0.0:8080", SocketAddrUse::TcpBind),
+            ("127.0.0.1:8080", SocketAddrUse::TcpListen),
+            ("127.0.0.1:8080", SocketAddrUse::UdpSend),
+        ] {
+            assert!(!c.allows(addr(a), use_).await, "{a} {use_:?}");
+        }
+        let denials = c.denials.lock().unwrap().clone();
+        assert_eq!(denials.len(), 5);
+        assert_eq!(
+            denials[0],
+            "network denied: TCP connect to 127.0.0.1:8081 is not granted (granted: 127.0.0.1:8080, localhost:9000)"
+        );
+
+        let none = check(&[]);
+        assert!(
+            !none
+                .allows(addr("127.0.0.1:80"), SocketAddrUse::TcpConnect)
+                .await
+        );
+        assert!(none.denials.lock().unwrap()[0].ends_with("(granted: none)"));
+    }
+
+    #[test]
+    fn the_memory_limit_counts_every_memory_of_a_call() {
+        let mut l = MemoryLimiter::new(3 << 16);
+        assert!(l.memory_growing(0, 2 << 16, None).unwrap());
+        assert!(l.memory_growing(0, 1 << 16, None).unwrap());
+        assert!(l.memory_growing(1 << 16, 2 << 16, None).is_err());
+        assert_eq!((l.peak, l.refused), (3 << 16, Some(4 << 16)));
     }
 }

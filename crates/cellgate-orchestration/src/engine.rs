@@ -18,8 +18,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::runner::{
-    ToolCall, ToolRunner, is_permanent, is_tool_error, principal_from_json, principal_to_json,
-    result_text,
+    ProgressSink, TaskProgress, ToolCall, ToolRunner, is_permanent, is_tool_error,
+    principal_from_json, principal_to_json, result_text,
 };
 use crate::{Clock, OrchestrationError, SystemClock};
 
@@ -449,6 +449,8 @@ impl Engine {
             "cellgate/task".into(),
             json!({ "id": task.id, "attempt": task.attempts, "idempotencyKey": task.idempotency_key }),
         );
+        meta.insert("progressToken".into(), json!(format!("task:{}", task.id)));
+        let progress = ProgressWriter::sink(self.clone(), lease.clone());
         let call = ToolCall {
             identity,
             tool: task.tool.clone(),
@@ -458,6 +460,7 @@ impl Engine {
             },
             meta,
             cancel: token.clone(),
+            progress: Some(progress),
         };
         let limit = Duration::from_millis(u64::try_from(task.time_limit_ms).unwrap_or(1));
         let run = self.inner.runner.run(call);
@@ -645,6 +648,12 @@ impl Engine {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = self.inner.stop.cancelled() => return,
             };
+            // Registered before looking for work, so a submission that
+            // lands while the lease query runs still wakes this loop (a
+            // `notify_waiters` reaches only registered waiters).
+            let wake = self.inner.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
             let free = slots.available_permits() + 1;
             let want = u32::try_from(free)
                 .unwrap_or(u32::MAX)
@@ -665,13 +674,13 @@ impl Engine {
                 Err(e) => {
                     tracing::warn!(queue, error = %e, "leasing tasks failed");
                     drop(first);
-                    self.idle().await;
+                    self.idle(wake).await;
                     continue;
                 }
             };
             if tasks.is_empty() {
                 drop(first);
-                self.idle().await;
+                self.idle(wake).await;
                 continue;
             }
             let mut permit = Some(first);
@@ -695,10 +704,10 @@ impl Engine {
         }
     }
 
-    async fn idle(&self) {
+    async fn idle(&self, wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
         tokio::select! {
             _ = self.inner.stop.cancelled() => {}
-            _ = self.inner.wake.notified() => {}
+            _ = wake => {}
             _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
         }
     }
@@ -720,6 +729,98 @@ impl Engine {
                 tracing::warn!(error = %e, tasks = batch.len(), "recording task outcomes failed");
             }
             batch.clear();
+        }
+    }
+}
+
+/// How often a task's progress is written at most: a tool may report
+/// thousands of times; the record keeps the latest.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest progress message kept, in bytes.
+const PROGRESS_MESSAGE_MAX: usize = 1024;
+
+/// Writes a running task's progress to its record: reports are coalesced
+/// (the latest wins) and written by one background writer at a time,
+/// fenced by the lease, so a report that arrives after the task ended
+/// changes nothing.
+struct ProgressWriter {
+    engine: Engine,
+    lease: TaskLease,
+    /// The latest report not yet written, and whether a writer runs.
+    pending: Mutex<(Option<TaskProgress>, bool)>,
+}
+
+impl ProgressWriter {
+    fn sink(engine: Engine, lease: TaskLease) -> ProgressSink {
+        let writer = Arc::new(ProgressWriter {
+            engine,
+            lease,
+            pending: Mutex::new((None, false)),
+        });
+        ProgressSink::new(move |p| writer.report(p))
+    }
+
+    fn report(self: &Arc<Self>, mut p: TaskProgress) {
+        if let Some(m) = &mut p.message
+            && m.len() > PROGRESS_MESSAGE_MAX
+        {
+            let mut end = PROGRESS_MESSAGE_MAX;
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.truncate(end);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.0 = Some(p);
+        if pending.1 {
+            return;
+        }
+        pending.1 = true;
+        drop(pending);
+        let writer = self.clone();
+        runtime.spawn(async move { writer.write_pending().await });
+    }
+
+    async fn write_pending(&self) {
+        loop {
+            let next = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                match pending.0.take() {
+                    Some(p) => p,
+                    None => {
+                        pending.1 = false;
+                        return;
+                    }
+                }
+            };
+            let now = self.engine.now();
+            let value = json!({
+                "progress": next.progress,
+                "total": next.total,
+                "message": next.message,
+                "at_ms": now,
+            });
+            match self
+                .engine
+                .inner
+                .leases
+                .report_progress(&self.lease, &value, now)
+                .await
+            {
+                Ok(true) => {}
+                // The attempt is over: later reports are moot.
+                Ok(false) => {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.0 = None;
+                }
+                Err(e) => {
+                    tracing::debug!(task = %self.lease.task_id, error = %e, "recording task progress failed")
+                }
+            }
+            tokio::time::sleep(PROGRESS_WRITE_INTERVAL).await;
         }
     }
 }

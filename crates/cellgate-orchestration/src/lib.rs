@@ -32,7 +32,7 @@ pub use engine::{
 pub use error::OrchestrationError;
 pub use nodes::{NodeRegistration, NodeView, TaskReport};
 pub use provider::{ORCHESTRATION_TOOLS, OrchestrationProvider};
-pub use runner::{DeferredPipeline, ToolCall, ToolRunner, step_output};
+pub use runner::{DeferredPipeline, ProgressSink, TaskProgress, ToolCall, ToolRunner, step_output};
 
 /// The five-phase template (planning → validation → execution →
 /// verification → completion), as shipped in `workflows/five-phase.json`.

@@ -64,8 +64,7 @@ fn def(
     if !defs.is_empty() {
         input["$defs"] = Value::Object(defs);
     }
-    Tool::new(name, description, input)
-    .with(
+    Tool::new(name, description, input).with(
         "annotations",
         json!({ "readOnlyHint": read_only, "destructiveHint": false, "openWorldHint": false }),
     )

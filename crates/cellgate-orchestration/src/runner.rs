@@ -6,8 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use cellgate_kernel::{
-    AuthMethod, BoxFuture, Call, CallContext, CancellationToken, Identity, McpError, Pipeline,
-    Principal, PrincipalKind, Request,
+    AuthMethod, BoxFuture, Call, CallContext, CancellationToken, ClientPeer, DetachedPeer,
+    Identity, LogLevel, McpError, Pipeline, Principal, PrincipalKind, Request,
 };
 use serde_json::{Map, Value, json};
 
@@ -24,6 +24,79 @@ pub struct ToolCall {
     pub meta: Map<String, Value>,
     /// Cancelled when the task is cancelled, times out or loses its lease.
     pub cancel: CancellationToken,
+    /// Where the tool's `notifications/progress` go while it runs (a
+    /// queued task's record); `None`: nowhere. With a sink, `meta` carries
+    /// a `progressToken`, so the tool (or the upstream server behind it)
+    /// reports progress as it would to a client.
+    pub progress: Option<ProgressSink>,
+}
+
+/// One progress report of a running call, as `notifications/progress`
+/// carries it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskProgress {
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+impl TaskProgress {
+    /// Reads the params of a `notifications/progress`; `None` without a
+    /// numeric `progress`.
+    pub fn from_notification(params: &Value) -> Option<TaskProgress> {
+        Some(TaskProgress {
+            progress: params.get("progress")?.as_f64()?,
+            total: params.get("total").and_then(Value::as_f64),
+            message: params
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+}
+
+/// Receives the progress a call reports. Reporting must not block: the
+/// engine's sink only notes the latest report and writes it in the
+/// background.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<dyn Fn(TaskProgress) + Send + Sync>);
+
+impl ProgressSink {
+    pub fn new(f: impl Fn(TaskProgress) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn report(&self, progress: TaskProgress) {
+        (self.0)(progress)
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// The client side of a queued call: nobody to ask, but progress goes to
+/// the task's sink.
+struct ProgressPeer(ProgressSink);
+
+impl ClientPeer for ProgressPeer {
+    fn notify(&self, method: &str, params: Value) {
+        if method == "notifications/progress"
+            && let Some(p) = TaskProgress::from_notification(&params)
+        {
+            self.0.report(p);
+        }
+    }
+
+    fn request(&self, method: &str, params: Value) -> BoxFuture<'static, Result<Value, McpError>> {
+        DetachedPeer.request(method, params)
+    }
+
+    fn log_enabled(&self, _level: LogLevel) -> bool {
+        false
+    }
 }
 
 /// Runs tool calls for the engine. A `CallToolResult` with `isError: true`
@@ -45,11 +118,15 @@ fn context(
     identity: &Identity,
     meta: Map<String, Value>,
     cancel: CancellationToken,
+    progress: Option<ProgressSink>,
 ) -> CallContext {
     let mut ctx = CallContext::detached(&identity.tenant);
     ctx.principal = identity.principal.clone();
     ctx.meta = (!meta.is_empty()).then(|| Arc::new(meta));
     ctx.cancel = cancel;
+    if let Some(sink) = progress {
+        ctx.peer = Arc::new(ProgressPeer(sink));
+    }
     ctx
 }
 
@@ -57,7 +134,7 @@ impl ToolRunner for Pipeline {
     fn run(&self, call: ToolCall) -> BoxFuture<'static, Result<Value, McpError>> {
         let pipeline = self.clone();
         Box::pin(async move {
-            let ctx = context(&call.identity, call.meta, call.cancel);
+            let ctx = context(&call.identity, call.meta, call.cancel, call.progress);
             pipeline
                 .call(Call {
                     ctx,
@@ -76,7 +153,7 @@ impl ToolRunner for Pipeline {
         tool: &'a str,
     ) -> BoxFuture<'a, Result<bool, McpError>> {
         Box::pin(async move {
-            let ctx = context(identity, Map::new(), CancellationToken::new());
+            let ctx = context(identity, Map::new(), CancellationToken::new(), None);
             Ok(self.catalog().tool(&ctx, tool).await?.is_some())
         })
     }

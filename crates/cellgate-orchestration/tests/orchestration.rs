@@ -157,6 +157,7 @@ macro_rules! both_backends {
 both_backends!(
     priorities_eta_and_idempotency,
     bulk_submission_and_completion,
+    progress_reaches_the_task_record,
     retries_back_off_and_give_up,
     time_limits_and_permanent_errors,
     expired_leases_are_delivered_again,
@@ -505,7 +506,12 @@ async fn bulk_submission_and_completion(store: Store) {
         ..lease(1)
     };
     let batch = vec![
-        (stale, TaskOutcome::Failed { error: "old".into() }),
+        (
+            stale,
+            TaskOutcome::Failed {
+                error: "old".into(),
+            },
+        ),
         (
             lease(0),
             TaskOutcome::Succeeded {
@@ -560,7 +566,118 @@ async fn bulk_submission_and_completion(store: Store) {
         (c.status, c.error.as_deref(), c.result),
         (TaskStatus::Failed, Some("broken"), None)
     );
-    assert_eq!(leases.finish_many(&[], T0).await.unwrap(), Vec::<bool>::new());
+    assert_eq!(
+        leases.finish_many(&[], T0).await.unwrap(),
+        Vec::<bool>::new()
+    );
+}
+
+/// A provider whose `long` tool reports progress through its call context
+/// and then waits until the test lets it finish.
+#[derive(Default)]
+struct LongTool {
+    release: tokio::sync::Notify,
+    /// The `_meta` the call saw.
+    meta: Mutex<Option<Value>>,
+}
+
+impl Provider for LongTool {
+    fn id(&self) -> &str {
+        "long"
+    }
+
+    fn list_tools<'a>(
+        &'a self,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Vec<cellgate_kernel::Tool>, McpError>> {
+        Box::pin(async {
+            Ok(vec![cellgate_kernel::Tool::new(
+                "long",
+                "reports progress, then waits",
+                json!({ "type": "object" }),
+            )])
+        })
+    }
+
+    fn call_tool<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        _name: &'a str,
+        _arguments: serde_json::Map<String, Value>,
+    ) -> BoxFuture<'a, Result<Value, McpError>> {
+        Box::pin(async move {
+            *self.meta.lock().unwrap() = ctx.meta.as_ref().map(|m| Value::Object((**m).clone()));
+            ctx.progress(1.0, Some(4.0), Some("planning"));
+            ctx.progress(3.0, Some(4.0), Some("almost there"));
+            self.release.notified().await;
+            Ok(text_result(json!({ "done": true })))
+        })
+    }
+}
+
+/// A task's call goes through a real pipeline; what its tool reports with
+/// `ctx.progress` shows in the task record while it runs, and stays after.
+async fn progress_reaches_the_task_record(store: Store) {
+    let f = fixture(store).await;
+    let tool = Arc::new(LongTool::default());
+    let providers: Vec<Arc<dyn Provider>> = vec![tool.clone()];
+    let pipeline =
+        cellgate_kernel::Pipeline::builder(cellgate_kernel::Catalog::new(providers)).build();
+    let engine = Engine::with_clock(
+        f.store.clone(),
+        Arc::new(pipeline),
+        EngineConfig::default(),
+        f.clock.clone(),
+    );
+    let id = engine
+        .submit(&f.me, &task("long", json!({})))
+        .await
+        .unwrap()
+        .task
+        .id;
+    assert_eq!(engine.get_task(&f.me, &id).await.unwrap().progress, None);
+    let worker = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.work_once("default", 1).await })
+    };
+    let mut seen = None;
+    for _ in 0..500 {
+        let t = engine.get_task(&f.me, &id).await.unwrap();
+        if t.progress
+            .as_ref()
+            .is_some_and(|p| p["progress"] == json!(3.0))
+        {
+            seen = t.progress;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = seen.expect("the latest progress reaches the record while the task runs");
+    assert_eq!(
+        (&seen["total"], &seen["message"], &seen["at_ms"]),
+        (&json!(4.0), &json!("almost there"), &json!(T0))
+    );
+    let meta = tool.meta.lock().unwrap().clone().unwrap();
+    assert_eq!(meta["progressToken"], json!(format!("task:{id}")));
+    tool.release.notify_one();
+    assert_eq!(worker.await.unwrap().unwrap().succeeded, 1);
+    let done = engine.get_task(&f.me, &id).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.progress, Some(seen));
+    // A report for an attempt that is over changes nothing.
+    let lease = cellgate_store::TaskLease {
+        tenant: done.tenant.clone(),
+        task_id: id.clone(),
+        owner: engine.owner().to_owned(),
+        attempt: done.attempts,
+    };
+    assert!(
+        !f.store
+            .cross_tenant_leases()
+            .report_progress(&lease, &json!({ "progress": 9 }), T0)
+            .await
+            .unwrap()
+    );
 }
 
 async fn retries_back_off_and_give_up(store: Store) {
@@ -1783,74 +1900,4 @@ impl ToolRunner for TemplateTools {
         .contains(&tool);
         Box::pin(std::future::ready(Ok(known)))
     }
-}
-
-// ---- throughput (run by hand: `cargo test --release -p cellgate-orchestration -- --ignored throughput`) ----
-
-/// Enqueue → run a trivial tool → result stored, on SQLite; prints tasks/s.
-/// A measurement, not a check: it asserts only that every task succeeded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn throughput_sqlite() {
-    on_sqlite(|store| async move {
-        let f = fixture(store).await;
-        let config = EngineConfig {
-            queues: [("default".to_owned(), 256)].into(),
-            lease_batch: 256,
-            poll_interval: Duration::from_millis(2),
-            ..EngineConfig::default()
-        };
-        let engine = Engine::new(f.store.clone(), Arc::new(Runner(f.tools.clone())), config);
-        let n = 20_000;
-        let started = std::time::Instant::now();
-        let workers = engine.start();
-        for _ in 0..n / 500 {
-            let reqs: Vec<TaskRequest> =
-                (0..500).map(|_| task("echo", json!({ "x": 1 }))).collect();
-            engine.submit_many(&f.me, &reqs).await.unwrap();
-        }
-        let filter = cellgate_store::TaskFilter {
-            status: Some(TaskStatus::Succeeded),
-            limit: 1,
-            ..Default::default()
-        };
-        loop {
-            let queued = engine
-                .list_tasks(
-                    &f.me,
-                    &cellgate_store::TaskFilter {
-                        status: Some(TaskStatus::Queued),
-                        limit: 1,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            let running = engine
-                .list_tasks(
-                    &f.me,
-                    &cellgate_store::TaskFilter {
-                        status: Some(TaskStatus::Running),
-                        limit: 1,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            if queued.is_empty() && running.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let elapsed = started.elapsed();
-        workers.shutdown().await;
-        assert!(!engine.list_tasks(&f.me, &filter).await.unwrap().is_empty());
-        let _ = writeln!(
-            std::io::stderr(),
-            "throughput: {n} tasks in {:.2}s = {:.0} tasks/s (SQLite, submit in batches of 500)",
-            elapsed.as_secs_f64(),
-            n as f64 / elapsed.as_secs_f64()
-        );
-    })
-    .await;
 }

@@ -236,6 +236,11 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         description: "tasks",
         sql: include_str!("../migrations/sqlite/0006_tasks.sql"),
     },
+    Embedded {
+        version: 7,
+        description: "tasks progress",
+        sql: include_str!("../migrations/sqlite/0007_tasks_progress.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Embedded] = &[
@@ -268,6 +273,11 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
         version: 6,
         description: "tasks",
         sql: include_str!("../migrations/postgres/0006_tasks.sql"),
+    },
+    Embedded {
+        version: 7,
+        description: "tasks progress",
+        sql: include_str!("../migrations/postgres/0007_tasks_progress.sql"),
     },
 ];
 

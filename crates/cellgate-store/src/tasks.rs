@@ -209,6 +209,9 @@ pub struct TaskRecord {
     pub finished_at_ms: Option<i64>,
     /// When the ended task (and its result) will be deleted.
     pub expires_at_ms: Option<i64>,
+    /// The last progress the current (or last) attempt reported:
+    /// `{"progress", "total", "message", "at_ms"}`.
+    pub progress: Option<Value>,
 }
 
 impl TaskRecord {
@@ -446,7 +449,7 @@ const TASK_COLUMNS: &str = "id, tenant_id, queue, tool, arguments, principal_id,
      eta_ms, time_limit_ms, max_retries, backoff_base_ms, backoff_max_ms, idempotency_key, \
      result_ttl_ms, requires_node, req_cpu_millis, req_memory_mb, req_gpus, req_labels, status, \
      attempts, lease_owner, lease_node, lease_expires_at_ms, result, error, created_at_ms, \
-     updated_at_ms, started_at_ms, finished_at_ms, expires_at_ms";
+     updated_at_ms, started_at_ms, finished_at_ms, expires_at_ms, progress";
 
 const WORKFLOW_COLUMNS: &str = "id, tenant_id, name, definition, input, principal_id, principal, \
      status, state, lease_owner, lease_expires_at_ms, error, created_at_ms, updated_at_ms, \
@@ -585,6 +588,7 @@ fn queued_record(id: String, tenant: &TenantId, task: &NewTask, now_ms: i64) -> 
         started_at_ms: None,
         finished_at_ms: None,
         expires_at_ms: None,
+        progress: None,
     }
 }
 
@@ -612,7 +616,7 @@ static CANCEL_TASK: LazyLock<String> = LazyLock::new(|| {
 /// The lease columns every lease statement sets; `$1` owner, `$2` now,
 /// `$3` visibility timeout.
 const LEASE_SET: &str = "status = 'running', attempts = attempts + 1, lease_owner = $1, \
-     lease_expires_at_ms = $2 + $3, started_at_ms = $2, updated_at_ms = $2";
+     lease_expires_at_ms = $2 + $3, started_at_ms = $2, updated_at_ms = $2, progress = NULL";
 
 // SQLite has one writer, so a single UPDATE over the sub-select is atomic.
 static LEASE_SQLITE: LazyLock<String> = LazyLock::new(|| {
@@ -701,6 +705,10 @@ fn finish_tasks_sql(backend: &Backend, rows: usize) -> String {
     );
     sql
 }
+
+// `$1` tenant, `$2` id, `$3` owner, `$4` attempt, `$5` progress, `$6` now.
+const REPORT_PROGRESS: &str = "UPDATE tasks SET progress = $5, updated_at_ms = $6 \
+     WHERE tenant_id = $1 AND id = $2 AND lease_owner = $3 AND attempts = $4 AND status = 'running'";
 
 const RENEW_OWNER: &str = "UPDATE tasks SET lease_expires_at_ms = $2 \
      WHERE status = 'running' AND lease_owner = $1";
@@ -1009,6 +1017,9 @@ where
         started_at_ms: row.try_get("started_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
         expires_at_ms: row.try_get("expires_at_ms")?,
+        progress: row
+            .try_get::<Option<Json<Value>>, _>("progress")?
+            .map(|j| j.0),
     })
 }
 
@@ -1537,11 +1548,15 @@ async fn finish_many(
                 for &i in chunk.iter() {
                     let (lease, outcome) = &items[i];
                     let (status, result, error, eta) = match outcome {
-                        TaskOutcome::Succeeded { result } => ("succeeded", Some(result), None, None),
+                        TaskOutcome::Succeeded { result } => {
+                            ("succeeded", Some(result), None, None)
+                        }
                         TaskOutcome::Retry { error, at_ms } => {
                             ("queued", None, Some(error.as_str()), Some(*at_ms))
                         }
-                        TaskOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+                        TaskOutcome::Failed { error } => {
+                            ("failed", None, Some(error.as_str()), None)
+                        }
                     };
                     q = q
                         .bind(Some(lease.tenant.as_str()))
@@ -1695,6 +1710,29 @@ impl CrossTenantLeases {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         finish_one(&self.backend, lease, outcome, now_ms).await
+    }
+
+    /// Records the progress the attempt holding `lease` reported; `false`
+    /// (nothing written) if the lease is no longer current, so a late
+    /// report can never touch a task that ended or moved on.
+    pub async fn report_progress(
+        &self,
+        lease: &TaskLease,
+        progress: &Value,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        validate_json("progress", progress)?;
+        let done = on_backend!(&self.backend, |pool| sqlx::query(REPORT_PROGRESS)
+            .bind(lease.tenant.as_str())
+            .bind(lease.task_id.as_str())
+            .bind(lease.owner.as_str())
+            .bind(lease.attempt)
+            .bind(Json(progress))
+            .bind(now_ms)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1));
+        done.map_err(db(&self.backend, "recording task progress"))
     }
 
     /// Ends several attempts in one transaction; for each, whether its lease

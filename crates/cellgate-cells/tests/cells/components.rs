@@ -192,12 +192,10 @@ async fn component_imports_are_checked_against_the_grants() {
 #[tokio::test]
 async fn a_component_without_the_call_export_is_refused_at_install() {
     let env = env().await;
-    let module = wat(
-        r#"(component
+    let module = wat(r#"(component
   (core module $m (func (export "f") (result i32) (i32.const 0)))
   (core instance $i (instantiate $m))
-  (func (export "call") (result u32) (canon lift (core func $i "f"))))"#,
-    );
+  (func (export "call") (result u32) (canon lift (core func $i "f"))))"#);
     let m = component_manifest("comp-bad", &module, json!({}));
     let err = env.install(m, module).await.unwrap_err();
     assert!(
@@ -212,7 +210,9 @@ async fn a_component_without_the_call_export_is_refused_at_install() {
 fn componentize_py() -> Option<PathBuf> {
     let tools = std::env::var_os("CELLGATE_TOOLS_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/cellgate-tools")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/cellgate-tools"))
+        })?;
     let bin = tools.join("cells-venv/bin/componentize-py");
     bin.is_file().then_some(bin)
 }
@@ -224,7 +224,8 @@ fn componentize_py() -> Option<PathBuf> {
 fn build_python(dir: &Path, module: &str, stub_wasi: bool) -> Option<Vec<u8>> {
     let required = std::env::var("CELLGATE_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
     let Some(bin) = componentize_py() else {
-        let why = "componentize-py is not installed in $CELLGATE_TOOLS_DIR/cells-venv; run scripts/tools";
+        let why =
+            "componentize-py is not installed in $CELLGATE_TOOLS_DIR/cells-venv; run scripts/tools";
         assert!(!required, "{why}");
         eprintln!("SKIPPED: {why}");
         return None;
@@ -234,8 +235,10 @@ fn build_python(dir: &Path, module: &str, stub_wasi: bool) -> Option<Vec<u8>> {
     key.extend(std::fs::read(wit).unwrap());
     key.extend(bin.to_string_lossy().as_bytes());
     key.push(u8::from(stub_wasi));
-    let cached = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("componentize-{module}-{}.wasm", &sha256_hex(&key)[..16]));
+    let cached = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "componentize-{module}-{}.wasm",
+        &sha256_hex(&key)[..16]
+    ));
     if let Ok(bytes) = std::fs::read(&cached) {
         return Some(bytes);
     }
@@ -264,7 +267,10 @@ fn build_python(dir: &Path, module: &str, stub_wasi: bool) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn the_python_json_tools_cell_flattens_and_picks() {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../cells/json-tools"));
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../cells/json-tools"
+    ));
     let Some(module) = build_python(dir, "app", true) else {
         return;
     };

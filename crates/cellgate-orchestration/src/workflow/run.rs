@@ -201,6 +201,7 @@ impl Driver<'_> {
                     },
                     meta,
                     cancel: self.cancel.child_token(),
+                    progress: None,
                 };
                 match self.engine.inner.runner.run(call).await {
                     Ok(v) if !is_tool_error(&v) => Ok(step_output(&v)),
