@@ -120,3 +120,49 @@ def test_kill_9_mid_work_then_restart_finishes_everything_once(data_dir):
         assert call(server, "retrieve_memory", {"key": "wf-after"})["memories"][0]["value"] == "v1"
     finally:
         server.stop()
+
+
+def test_two_cellgate_processes_share_one_postgres_queue(tmp_path):
+    """Two `cellgate serve` processes on one PostgreSQL database, both with
+    workers: tasks submitted to either are each run once (a second run would
+    bump the memory's version) and none is lost."""
+    admin_url = os.environ.get("CELLGATE_TEST_POSTGRES_URL")
+    if not admin_url:
+        if os.environ.get("CELLGATE_REQUIRE_POSTGRES") == "1":
+            raise AssertionError("CELLGATE_REQUIRE_POSTGRES=1 but CELLGATE_TEST_POSTGRES_URL is not set")
+        import pytest
+        pytest.skip("CELLGATE_TEST_POSTGRES_URL is not set (run under scripts/with-postgres)")
+    import uuid
+    db = f"q_{uuid.uuid4().hex}"
+    psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
+    import subprocess
+    subprocess.run([str(psql), admin_url, "-qc", f"CREATE DATABASE {db}"], check=True, timeout=60)
+    url = admin_url.rsplit("/", 1)[0] + f"/{db}"
+    config = f"""
+[store]
+backend = "postgres"
+url = "{url}"
+
+[orchestration]
+queues = {{ default = 8 }}
+"""
+    servers = [Server(config=config, data_dir=tmp_path / f"node{i}") for i in range(2)]
+    try:
+        n = 120
+        for i in range(n):
+            call(servers[i % 2], "submit_task", {
+                "tool": "store_memory",
+                "arguments": {"key": f"shared-{i}", "value": "done", "category": "queue"},
+                "idempotency_key": f"shared-{i}"})
+
+        def all_done():
+            tasks = call(servers[0], "list_tasks", {"limit": 1000})["tasks"]
+            return len(tasks) == n and all(t["status"] == "succeeded" for t in tasks), tasks
+        wait_for(all_done, "every task to succeed")
+        for i in range(n):
+            memory = call(servers[1], "retrieve_memory", {"key": f"shared-{i}"})["memories"]
+            assert len(memory) == 1 and memory[0]["version"] == 1, (i, memory)
+    finally:
+        for s in servers:
+            s.stop()
+        subprocess.run([str(psql), admin_url, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], timeout=60)
