@@ -8,10 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cellgate_kernel::{BoxFuture, CallContext, Identity, McpError, Provider};
@@ -19,94 +17,17 @@ use cellgate_orchestration::{
     Engine, EngineConfig, ManualClock, NodeRegistration, OrchestrationError, OrchestrationProvider,
     TaskReport, TaskRequest, ToolCall, ToolRunner,
 };
-use cellgate_store::{
-    Resources, Store, StoreConfig, TaskOutcome, TaskStatus, TenantId, WorkflowStatus,
-};
+use cellgate_store::{Resources, Store, TaskOutcome, TaskStatus, TenantId, WorkflowStatus};
 use serde_json::{Value, json};
-use sqlx::Connection as _;
 
-// ---- harness (as in cellgate-store's suite) ---------------------------------------
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn run_isolated<F, Fut>(config: StoreConfig, body: F) -> Result<(), tokio::task::JoinError>
-where
-    F: FnOnce(Store) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let store = Store::open(&config)
-            .await
-            .unwrap_or_else(|e| panic!("opening {config:?}: {e}"));
-        body(store.clone()).await;
-        store.close().await;
-    })
-    .await
-}
-
-fn rethrow(outcome: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("test task failed: {e}"),
-        }
-    }
-}
+// ---- harness: cellgate-testkit ---------------------------------------------------
 
 async fn on_sqlite<F, Fut>(body: F)
 where
     F: FnOnce(Store) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "cellgate-orch-test-{}",
-        uuid::Uuid::new_v4().simple()
-    )));
-    let config = StoreConfig::Sqlite {
-        path: dir.0.join("cellgate.db"),
-    };
-    let outcome = run_isolated(config, body).await;
-    drop(dir);
-    rethrow(outcome);
-}
-
-fn postgres_admin_url() -> Option<String> {
-    match std::env::var("CELLGATE_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CELLGATE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "CELLGATE_REQUIRE_POSTGRES=1 but CELLGATE_TEST_POSTGRES_URL is not set; \
-                 run under scripts/with-postgres"
-            );
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "note: CELLGATE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL half of the orchestration tests"
-                );
-            });
-            None
-        }
-    }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((main, query)) => (main, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_start = main.find("://").map_or(0, |i| i + 3);
-    let path_start = main[authority_start..]
-        .find('/')
-        .map_or(main.len(), |i| i + authority_start);
-    format!("{}/{db}{query}", &main[..path_start])
+    cellgate_testkit::on_sqlite(|store, _| body(store)).await
 }
 
 async fn on_postgres<F, Fut>(body: F)
@@ -114,28 +35,7 @@ where
     F: FnOnce(Store) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(admin_url) = postgres_admin_url() else {
-        return;
-    };
-    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connecting with CELLGATE_TEST_POSTGRES_URL");
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await
-        .expect("creating a test database");
-    let config = StoreConfig::Postgres {
-        url: with_database(&admin_url, &db),
-        max_connections: 8,
-    };
-    let outcome = run_isolated(config, body).await;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await;
-    let _ = admin.close().await;
-    rethrow(outcome);
-    dropped.expect("dropping the test database");
+    cellgate_testkit::on_postgres(|store, _| body(store)).await
 }
 
 macro_rules! both_backends {

@@ -6,153 +6,16 @@
 //! otherwise that half is skipped with a notice, or fails when
 //! `CELLGATE_REQUIRE_POSTGRES=1`.
 
-use std::future::Future;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Once;
-
 use cellgate_store::{
     AuditBatch, AuditCheckpoint, AuditQuery, AuditRecord, CallRecord, ChainHead, Store,
     StoreConfig, StoreError, TenantId,
 };
 use serde_json::json;
+
+// ---- harness: cellgate-testkit ----------------------------------------------
+
+use cellgate_testkit::{TempDir, on_postgres, on_sqlite, with_database};
 use sqlx::Connection as _;
-
-// ---- harness ---------------------------------------------------------------
-
-/// A directory under the system temp dir, removed on drop (also when a test
-/// panics).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "cellgate-store-test-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("creating a temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Opens the store and runs the body in its own task, so a panicking body
-/// still lets the caller clean up before the panic is passed on.
-async fn run_isolated<F, Fut>(config: StoreConfig, body: F) -> Result<(), tokio::task::JoinError>
-where
-    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let store = Store::open(&config)
-            .await
-            .unwrap_or_else(|e| panic!("opening {config:?}: {e}"));
-        body(store.clone(), config).await;
-        store.close().await;
-    })
-    .await
-}
-
-fn rethrow(outcome: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("test task failed: {e}"),
-        }
-    }
-}
-
-async fn on_sqlite<F, Fut>(body: F)
-where
-    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let dir = TempDir::new();
-    // A nested path checks that open creates missing parent directories.
-    let config = StoreConfig::Sqlite {
-        path: dir.path().join("data").join("cellgate.db"),
-    };
-    let outcome = run_isolated(config, body).await;
-    drop(dir);
-    rethrow(outcome);
-}
-
-/// The admin URL, or `None` (after a one-time notice) when PostgreSQL tests
-/// are not configured.
-fn postgres_admin_url() -> Option<String> {
-    match std::env::var("CELLGATE_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CELLGATE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "CELLGATE_REQUIRE_POSTGRES=1 but CELLGATE_TEST_POSTGRES_URL is not set; \
-                 run under scripts/with-postgres"
-            );
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                // Straight to stderr: libtest captures `eprintln!` of passing tests.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "note: CELLGATE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL half of the store tests"
-                );
-            });
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((main, query)) => (main, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_start = main.find("://").map_or(0, |i| i + 3);
-    let path_start = main[authority_start..]
-        .find('/')
-        .map_or(main.len(), |i| i + authority_start);
-    format!("{}/{db}{query}", &main[..path_start])
-}
-
-async fn on_postgres<F, Fut>(body: F)
-where
-    F: FnOnce(Store, StoreConfig) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Some(admin_url) = postgres_admin_url() else {
-        return;
-    };
-    // A database per test keeps tests independent and parallel-safe.
-    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connecting with CELLGATE_TEST_POSTGRES_URL");
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await
-        .expect("creating a test database");
-    let config = StoreConfig::Postgres {
-        url: with_database(&admin_url, &db),
-        max_connections: 4,
-    };
-    let outcome = run_isolated(config, body).await;
-    // FORCE ends connections a panicking body may have left behind.
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await;
-    let _ = admin.close().await;
-    rethrow(outcome);
-    dropped.expect("dropping the test database");
-}
 
 /// Declares `mod <name> { sqlite, postgres }` running `<name>` on each backend.
 macro_rules! both_backends {
@@ -388,7 +251,7 @@ fn with_database_replaces_the_path() {
 
 #[tokio::test]
 async fn sqlite_file_is_in_wal_mode() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store-test");
     let path = dir.path().join("wal.db");
     let store = Store::open(&StoreConfig::Sqlite { path: path.clone() })
         .await
@@ -411,7 +274,7 @@ async fn sqlite_file_is_in_wal_mode() {
 
 #[tokio::test]
 async fn sqlite_open_error_names_the_path() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store-test");
     // A regular file where a directory is needed.
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"").expect("writing");
