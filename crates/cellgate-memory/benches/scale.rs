@@ -141,7 +141,12 @@ fn run_child(spec: &str) -> Value {
                 let mut r = measure(store.clone(), n, dims).await;
                 store.close().await;
                 let bytes: u64 = std::fs::read_dir(&dir)
-                    .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.metadata().ok())
+                            .map(|m| m.len())
+                            .sum()
+                    })
                     .unwrap_or(0);
                 r["db_mib"] = json!(bytes as f64 / 1048576.0);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -286,7 +291,14 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
     // First search: loads every vector from the store and builds the graph.
     let started = Instant::now();
     provider
-        .search(&tenant, ItemKind::Memory, &view, "warm up", 5, SearchMode::Vector)
+        .search(
+            &tenant,
+            ItemKind::Memory,
+            &view,
+            "warm up",
+            5,
+            SearchMode::Vector,
+        )
         .await
         .expect("first search");
     let index_s = started.elapsed().as_secs_f64();
@@ -303,7 +315,14 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
         // A few unmeasured queries first: caches, connections, allocator.
         for q in queries.iter().take(10) {
             let _ = provider
-                .search(&tenant, ItemKind::Memory, &view, &q.text, 5, SearchMode::Text)
+                .search(
+                    &tenant,
+                    ItemKind::Memory,
+                    &view,
+                    &q.text,
+                    5,
+                    SearchMode::Text,
+                )
                 .await;
         }
         let mut times = Vec::with_capacity(queries.len());
@@ -335,7 +354,7 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
                 }
             };
             times.push(started.elapsed());
-            if found.iter().any(|k| *k == q.relevant) {
+            if found.contains(&q.relevant) {
                 hits += 1;
             }
         }

@@ -17,13 +17,15 @@
 //! in-memory [`index`](crate::index) rebuilt from the store on first use.
 //!
 //! Not here: authorization (the pipeline decides who may call these tools),
-//! PII detection (reused from `cellgate-inspect`), and recording tool calls
-//! as observations (the meter would feed [`MemoryProvider`]; not wired yet).
+//! PII detection (reused from `cellgate-inspect`), and metering: tool calls
+//! are recorded as observations ([`InteractionRecorder`]) only from the call
+//! records the pipeline's meter hands over.
 
 mod anonymize;
 pub mod dataset;
 mod embed;
 mod index;
+mod interactions;
 mod tools;
 
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ use serde_json::{Map, Value};
 
 pub use anonymize::Anonymizer;
 pub use embed::{Embedder, HashedEmbedder, HttpEmbedder};
+pub use interactions::{InteractionRecorder, RecordedCalls, TOOL_ENTITY_TYPE};
 
 use index::VectorIndex;
 
@@ -72,6 +75,11 @@ pub struct MemoryConfig {
     pub merge_threshold: f32,
     /// Inferred edges scoring below this are pruned by consolidation.
     pub prune_below: f64,
+    /// Record tool calls as observations on `tool` entities
+    /// ([`MemoryProvider::interaction_recorder`]).
+    pub record_interactions: bool,
+    /// Recorded observations kept per tool entity, newest first.
+    pub interactions_kept: usize,
 }
 
 impl Default for MemoryConfig {
@@ -84,6 +92,8 @@ impl Default for MemoryConfig {
             discovery_max: 3,
             merge_threshold: 0.95,
             prune_below: 0.85,
+            record_interactions: false,
+            interactions_kept: 100,
         }
     }
 }
@@ -96,7 +106,8 @@ pub enum SearchMode {
     /// Vector similarity only.
     Vector,
     /// Both, each list's scores standardised (z-scores over its
-    /// candidates) and summed; a row missing from a list counts as that
+    /// candidates, a list with fewer matches than asked for padded with
+    /// zero scores) and summed; a row missing from a list counts as that
     /// list's weakest candidate. Unlike rank fusion this keeps how far a
     /// hit stands out: one list's clear winner is not outvoted by rows both
     /// lists rank mediocre.
@@ -106,19 +117,26 @@ pub enum SearchMode {
 }
 
 /// Sums each list's standardised scores per row (see [`SearchMode::Hybrid`]).
-fn fuse_standardised(lists: &[Vec<(i64, f64)>]) -> Vec<(i64, f64)> {
+/// A list shorter than `pool` had fewer matches than it was asked for: the
+/// rows it lacks score zero (no word matched, or an orthogonal vector), so
+/// it is padded with zeros before standardising. Without that, a lone
+/// full-text hit would have no spread to stand out by.
+fn fuse_standardised(lists: &[Vec<(i64, f64)>], pool: usize) -> Vec<(i64, f64)> {
     let mut fused: HashMap<i64, f64> = HashMap::new();
     let mut floor = 0.0;
     let mut standardised = Vec::new();
     for list in lists.iter().filter(|l| !l.is_empty()) {
-        let n = list.len() as f64;
+        let pad = pool.saturating_sub(list.len()) as f64;
+        let n = list.len() as f64 + pad;
         let mean = list.iter().map(|r| r.1).sum::<f64>() / n;
-        let sd = (list.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let z: Vec<(i64, f64)> = list
-            .iter()
-            .map(|&(id, s)| (id, if sd > 0.0 { (s - mean) / sd } else { 0.0 }))
-            .collect();
-        let min = z.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        let var = (list.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() + pad * mean * mean) / n;
+        let sd = var.sqrt();
+        let scale = |s: f64| if sd > 0.0 { (s - mean) / sd } else { 0.0 };
+        let z: Vec<(i64, f64)> = list.iter().map(|&(id, s)| (id, scale(s))).collect();
+        let mut min = z.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        if pad > 0.0 {
+            min = min.min(scale(0.0));
+        }
         floor += min;
         standardised.push((min, z));
     }
@@ -405,7 +423,7 @@ impl MemoryProvider {
                     .into_iter()
                     .map(|(id, s)| (id, f64::from(s)))
                     .collect();
-                fuse_standardised(&[text, vector])
+                fuse_standardised(&[text, vector], pool as usize)
             }
         };
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -601,5 +619,33 @@ impl Provider for MemoryProvider {
         uri: &'a str,
     ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move { tools::read_graph_resource(self, ctx, uri).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn best(lists: &[Vec<(i64, f64)>]) -> i64 {
+        let mut fused = fuse_standardised(lists, 50);
+        fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        fused[0].0
+    }
+
+    #[test]
+    fn a_single_text_hit_is_not_ranked_last() {
+        // Full text found one row; vectors rank other rows, none far ahead.
+        let vector: Vec<(i64, f64)> = (10..30).map(|id| (id, 0.5 - id as f64 * 0.001)).collect();
+        assert_eq!(best(&[vec![(7, 3.0)], vector.clone()]), 7);
+        // Unless vectors found it too: a lone text hit that vectors rank
+        // first wins over both lists' other rows.
+        assert_eq!(best(&[vec![(12, 3.0)], vector]), 12);
+    }
+
+    #[test]
+    fn agreement_wins() {
+        let text = vec![(1, 9.0), (2, 8.0), (3, 1.0)];
+        let vector = vec![(2, 0.9), (1, 0.5), (3, 0.4)];
+        assert_eq!(best(&[text, vector]), 2);
     }
 }

@@ -8,6 +8,7 @@
 
 mod memory {
     pub mod cases;
+    pub mod interactions;
     pub mod official;
     pub mod quality;
 }
@@ -181,6 +182,9 @@ both_backends!(
     memory::cases::consolidation_merges_prunes_and_expires,
     memory::cases::elevation_redacts_and_drops_identity,
     memory::cases::export_import_round_trips,
+    memory::cases::bulk_writes_are_searchable,
+    memory::interactions::tool_calls_become_observations,
+    memory::interactions::the_recorder_task_writes_offered_records,
     memory::official::same_results_as_the_official_server,
     memory::quality::hybrid_beats_text_and_vector,
 );

@@ -36,6 +36,9 @@ pub const MEMORY_BATCH_MAX: usize = 1000;
 pub const MEMORY_LIST_MAX: u32 = 1000;
 /// Most terms of a full-text query that are used.
 const FTS_MAX_TERMS: usize = 32;
+/// Rows a word may be in and still be ranked by full-text search when the
+/// query has rarer words (see [`Memory::search_text`]).
+pub const FTS_COMMON_DOCS: u32 = 2000;
 
 /// Whose memory: the tenant's shared space or one principal's private one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -544,12 +547,14 @@ impl Memory {
                 if let Some(row) = updated {
                     let id: i64 = row.try_get("id").map_err(&err)?;
                     let version: i64 = row.try_get("version").map_err(&err)?;
-                    sqlx::query("DELETE FROM memory_versions WHERE memory_id = $1 AND version <= $2")
-                        .bind(id)
-                        .bind(version - 1 - i64::from(keep_versions))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?;
+                    sqlx::query(
+                        "DELETE FROM memory_versions WHERE memory_id = $1 AND version <= $2",
+                    )
+                    .bind(id)
+                    .bind(version - 1 - i64::from(keep_versions))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
                 } else {
                     sqlx::query(
                         "INSERT INTO memories (tenant_id, owner, key, category, tags, value, search_text, version, \
@@ -787,8 +792,11 @@ impl Memory {
         }
         let err = self.db("counting reads");
         on_backend!(&self.backend, |pool, Db| {
+            // `tenant_id || ''` keeps SQLite from walking the tenant's
+            // (tenant_id, owner, …) index, which it otherwise prefers to the
+            // row ids here: a scan of every row of the tenant per read.
             let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
-                "UPDATE {} SET access_count = access_count + 1 WHERE tenant_id = ",
+                "UPDATE {} SET access_count = access_count + 1 WHERE (tenant_id || '') = ",
                 kind.table()
             ));
             q.push_bind(self.tenant.as_str()).push(" AND id IN (");
@@ -823,8 +831,17 @@ impl Memory {
 
     /// Ids of live items of `kind` that `view` sees matching any word of
     /// `query`, best first, with a score where higher is better (bm25
-    /// negated on SQLite, `ts_rank` on PostgreSQL). Words are letters and
-    /// digits only, so the query language of either engine is never exposed.
+    /// negated on SQLite, `ts_rank` weighted by BM25 inverse document
+    /// frequency on PostgreSQL). Words are letters and digits only, so the
+    /// query language of either engine is never exposed.
+    ///
+    /// Cost is bounded by [`FTS_COMMON_DOCS`] rather than by the table:
+    /// ranking every row that has a common word is what makes full-text
+    /// search slow on large tables (the engines have no top-k pruning), and
+    /// such a word hardly moves a BM25 ranking. So a word found in more rows
+    /// than that (counted with a limit, over every tenant) is left out when
+    /// the query has rarer words; when every word is that common, the newest
+    /// [`FTS_COMMON_DOCS`] matches the view sees are ranked.
     pub async fn search_text(
         &self,
         kind: ItemKind,
@@ -843,30 +860,62 @@ impl Memory {
             .live()
             .replace("expires_at_ms", "t.expires_at_ms")
             .replace("valid_to_ms", "t.valid_to_ms");
+        let cap = FTS_COMMON_DOCS as i64;
         let err = self.db("searching text");
         match &self.backend {
             Backend::Sqlite(pool) => {
-                let expr = terms
+                let mut rare = Vec::new();
+                for t in &terms {
+                    let df: i64 = sqlx::query_scalar(&format!(
+                        "SELECT count(*) FROM (SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH $1 LIMIT $2)"
+                    ))
+                    .bind(format!("\"{t}\""))
+                    .bind(cap + 1)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(&err)?;
+                    if df <= cap {
+                        rare.push(t);
+                    }
+                }
+                let all_common = rare.is_empty();
+                let used = if all_common {
+                    terms.iter().collect()
+                } else {
+                    rare
+                };
+                let expr = used
                     .iter()
                     .map(|t| format!("\"{t}\""))
                     .collect::<Vec<_>>()
                     .join(" OR ");
-                let sql = format!(
+                let matches = format!(
                     "SELECT t.id AS id, -bm25({table}_fts) AS score FROM {table}_fts \
                      JOIN {table} t ON t.id = {table}_fts.rowid \
                      WHERE {table}_fts MATCH $1 AND t.tenant_id = $3 AND {live} \
-                     AND COALESCE(t.owner, '') IN ($4, $5) ORDER BY score DESC, t.id LIMIT $6"
+                     AND COALESCE(t.owner, '') IN ($4, $5)"
                 );
-                let rows = sqlx::query(&sql)
+                // Newest first, stopping after the cap: no ORDER BY on the
+                // score, so the engine need not rank every match.
+                let sql = if all_common {
+                    format!(
+                        "SELECT id, score FROM ({matches} ORDER BY {table}_fts.rowid DESC LIMIT $7) \
+                         ORDER BY score DESC, id LIMIT $6"
+                    )
+                } else {
+                    format!("{matches} ORDER BY score DESC, t.id LIMIT $6")
+                };
+                let mut q = sqlx::query(&sql)
                     .bind(expr)
                     .bind(now_ms())
                     .bind(self.tenant.as_str())
                     .bind(&view.a)
                     .bind(&view.b)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(&err)?;
+                    .bind(limit);
+                if all_common {
+                    q = q.bind(cap);
+                }
+                let rows = q.fetch_all(pool).await.map_err(&err)?;
                 rows.iter()
                     .map(|r| Ok((r.try_get("id")?, r.try_get("score")?)))
                     .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -874,9 +923,11 @@ impl Memory {
             }
             Backend::Postgres(pool) => {
                 // ts_rank knows term frequency but not how rare a term is, so
-                // a rare word loses to several common ones. Weigh each term's
-                // rank by its BM25 inverse document frequency, counted over
-                // the rows this search may see.
+                // a rare word would lose to several common ones. Weigh each
+                // term's rank by its BM25 inverse document frequency: the
+                // document frequency is counted (up to the cap) over the
+                // rows this search may see, the row count is the planner's
+                // estimate of the table (it only scales the weights).
                 let now = now_ms();
                 let scoped = |q: &mut QueryBuilder<'_, sqlx::Postgres>| {
                     q.push(" FROM ")
@@ -896,35 +947,64 @@ impl Memory {
                         ItemKind::Entity => q.push(" AND t.valid_to_ms IS NULL"),
                     };
                 };
-                let mut q: QueryBuilder<sqlx::Postgres> =
-                    QueryBuilder::new("SELECT count(*)::float8");
-                for t in &terms {
-                    q.push(", count(*) FILTER (WHERE t.search_tsv @@ to_tsquery('english', ")
+                let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new("SELECT ");
+                for (i, t) in terms.iter().enumerate() {
+                    if i > 0 {
+                        q.push(", ");
+                    }
+                    q.push("(SELECT count(*)::float8 FROM (SELECT 1");
+                    scoped(&mut q);
+                    q.push(" AND t.search_tsv @@ to_tsquery('english', ")
                         .push_bind(t.clone())
-                        .push("))::float8");
+                        .push(") LIMIT ")
+                        .push_bind(cap + 1)
+                        .push(") c)");
                 }
-                scoped(&mut q);
+                q.push(", (SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE oid = '")
+                    .push(table)
+                    .push("'::regclass)");
                 let row = q.build().fetch_one(pool).await.map_err(&err)?;
-                let total: f64 = row.try_get(0).map_err(&err)?;
-                let mut idf = Vec::with_capacity(terms.len());
+                let mut df = Vec::with_capacity(terms.len());
                 for i in 0..terms.len() {
-                    let df: f64 = row.try_get(i + 1).map_err(&err)?;
-                    idf.push((1.0 + (total - df + 0.5) / (df + 0.5)).ln());
+                    df.push(row.try_get::<f64, _>(i).map_err(&err)?);
                 }
-                let mut q: QueryBuilder<sqlx::Postgres> =
-                    QueryBuilder::new("SELECT t.id AS id, (0");
-                for (t, w) in terms.iter().zip(&idf) {
+                let estimate: f64 = row.try_get(terms.len()).map_err(&err)?;
+                let total = df.iter().copied().fold(estimate, f64::max);
+                let rare: Vec<usize> = (0..terms.len()).filter(|i| df[*i] <= cap as f64).collect();
+                let all_common = rare.is_empty();
+                let used: Vec<usize> = if all_common {
+                    (0..terms.len()).collect()
+                } else {
+                    rare
+                };
+                // When every word is common: the newest matches up to the
+                // cap, then ranked.
+                let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(if all_common {
+                    "SELECT id, score FROM (SELECT t.id AS id, (0"
+                } else {
+                    "SELECT t.id AS id, (0"
+                });
+                for &i in &used {
+                    let idf = (1.0 + (total - df[i] + 0.5) / (df[i] + 0.5)).ln();
                     q.push(" + ts_rank(t.search_tsv, to_tsquery('english', ")
-                        .push_bind(t.clone())
+                        .push_bind(terms[i].clone())
                         .push(")) * ")
-                        .push_bind(*w);
+                        .push_bind(idf);
                 }
                 q.push(")::float8 AS score");
                 scoped(&mut q);
+                let any: Vec<&str> = used.iter().map(|&i| terms[i].as_str()).collect();
                 q.push(" AND t.search_tsv @@ to_tsquery('english', ")
-                    .push_bind(terms.join(" | "))
-                    .push(") ORDER BY score DESC, t.id LIMIT ")
-                    .push_bind(limit);
+                    .push_bind(any.join(" | "))
+                    .push(")");
+                if all_common {
+                    q.push(" ORDER BY t.id DESC LIMIT ")
+                        .push_bind(cap)
+                        .push(") s ORDER BY score DESC, id LIMIT ")
+                        .push_bind(limit);
+                } else {
+                    q.push(" ORDER BY score DESC, t.id LIMIT ").push_bind(limit);
+                }
                 let rows = q.build().fetch_all(pool).await.map_err(&err)?;
                 rows.iter()
                     .map(|r| Ok((r.try_get("id")?, r.try_get("score")?)))

@@ -628,3 +628,78 @@ pub async fn export_import_round_trips(store: Store, _: StoreConfig) {
     .expect_err("bad data");
     assert!(bad.message.contains("data"), "{}", bad.message);
 }
+
+pub async fn bulk_writes_are_searchable(store: Store, _: StoreConfig) {
+    use cellgate_memory::SearchMode;
+    use cellgate_store::{ItemKind, NewMemory, Space, View};
+    let t = tenant(&store, "bulk").await;
+    let p = MemoryProvider::with_defaults(store.clone());
+    let new = |key: &str, text: &str| NewMemory {
+        key: key.into(),
+        category: "notes".into(),
+        tags: Vec::new(),
+        value: json!(text),
+        expires_at_ms: None,
+        source: None,
+        provenance: None,
+    };
+    let written = p
+        .store_memories(
+            &t,
+            &Space::Shared,
+            &[
+                new("a", "the kettle is in the blue cupboard"),
+                new("b", "parking permit renews in March"),
+                new("a", "the kettle moved to the green cupboard"),
+            ],
+        )
+        .await
+        .expect("bulk write");
+    assert_eq!(written.len(), 3);
+    assert_eq!((written[0].version, written[2].version), (1, 2));
+    let view = View::only(&Space::Shared);
+    for mode in [SearchMode::Text, SearchMode::Vector, SearchMode::Hybrid] {
+        let hits = p
+            .search(
+                &t,
+                ItemKind::Memory,
+                &view,
+                "green cupboard kettle",
+                1,
+                mode,
+            )
+            .await
+            .expect("search");
+        assert_eq!(hits[0].0, written[0].id, "{mode:?}");
+    }
+    let got = call(
+        &p,
+        &crate::as_user(&t, "u"),
+        "retrieve_memory",
+        json!({ "key": "a", "versions": true }),
+    )
+    .await;
+    assert_eq!(
+        got["memories"][0]["value"],
+        "the kettle moved to the green cupboard"
+    );
+    assert_eq!(
+        got["memories"][0]["versions"][0]["value"],
+        "the kettle is in the blue cupboard"
+    );
+    // A bad item refuses the whole batch, naming the field.
+    let err = p
+        .store_memories(&t, &Space::Shared, &[new("c", "fine"), new("", "no key")])
+        .await
+        .expect_err("empty key");
+    assert!(err.to_string().contains("key"), "{err}");
+    assert!(
+        store
+            .scope(&t)
+            .memory()
+            .get_memory(&view, "c")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
