@@ -30,6 +30,10 @@ pub struct MemoryConfig {
     /// Seconds between scheduled consolidations; 0 turns them off (the
     /// `consolidate_memory` tool still works).
     pub consolidate_every_secs: u64,
+    /// Record every tool call (caller, time, outcome, latency) as an
+    /// observation on an entity named after the tool, so agents can ask the
+    /// graph which tools were used and how they fared. Off by default.
+    pub record_interactions: bool,
     /// Where embeddings come from.
     pub embedding: EmbeddingConfig,
 }
@@ -44,6 +48,7 @@ impl Default for MemoryConfig {
             merge_threshold: 0.95,
             prune_below: 0.85,
             consolidate_every_secs: 3600,
+            record_interactions: false,
             embedding: EmbeddingConfig::default(),
         }
     }

@@ -243,7 +243,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     admin.attach(&catalog);
 
     let (records_tx, records_rx) = mpsc::channel::<CallRecord>(8192);
-    spawn_call_log_writer(store.clone(), records_rx);
+    let interactions = memory.as_ref().and_then(|m| m.interaction_recorder(8192));
+    spawn_call_log_writer(store.clone(), records_rx, interactions);
 
     // Layers are added from the inside out: the last one added sees a call
     // first. The order a call meets them: meter, trace, audit, authenticate,
@@ -395,6 +396,7 @@ fn memory_provider(
         discovery_threshold: m.discovery_threshold,
         merge_threshold: m.merge_threshold,
         prune_below: m.prune_below,
+        record_interactions: m.record_interactions,
         ..cellgate_memory::MemoryConfig::default()
     };
     Ok(cellgate_memory::MemoryProvider::new(
@@ -556,7 +558,13 @@ pub fn edge_config(config: &Config) -> EdgeConfig {
 
 /// Persists call records in batches: one transaction per batch keeps the
 /// write cost per call small.
-fn spawn_call_log_writer(store: Store, mut rx: mpsc::Receiver<CallRecord>) {
+/// Writes the meter's call records to the call log, in batches per tenant,
+/// and hands each to the memory's interaction recorder when one is on.
+fn spawn_call_log_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<CallRecord>,
+    interactions: Option<cellgate_memory::InteractionRecorder>,
+) {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(512);
         while rx.recv_many(&mut batch, 512).await > 0 {
@@ -565,6 +573,9 @@ fn spawn_call_log_writer(store: Store, mut rx: mpsc::Receiver<CallRecord>) {
                 Vec<cellgate_store::CallRecord>,
             > = Default::default();
             for r in batch.drain(..) {
+                if let Some(recorder) = &interactions {
+                    recorder.offer(&r);
+                }
                 by_tenant
                     .entry(r.tenant.clone())
                     .or_default()
