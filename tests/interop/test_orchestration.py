@@ -166,3 +166,31 @@ queues = {{ default = 8 }}
         for s in servers:
             s.stop()
         subprocess.run([str(psql), admin_url, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], timeout=60)
+
+
+def test_a_waiting_submitter_hears_the_tasks_progress(data_dir):
+    """submit_task with wait=true answers when the task has ended and relays
+    the tool's progress reports as notifications/progress meanwhile."""
+    import asyncio
+
+    from mcp import Client
+
+    server = Server("--demo", data_dir=data_dir)
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    async def go():
+        async with Client(server.url, mode="legacy", read_timeout_seconds=60) as client:
+            return await client.call_tool("submit_task", {"tool": "test_tool_with_progress", "arguments": {},
+                                                          "wait": True}, progress_callback=on_progress)
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        server.stop()
+    assert not result.is_error, result
+    assert result.structured_content["task"]["status"] == "succeeded", result.structured_content
+    assert seen, "no progress was relayed"
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen), seen

@@ -93,6 +93,12 @@ fn definitions() -> Vec<Tool> {
     let mut node = schema_of::<NodeRegistration>();
     node.as_object_mut().map(|o| o.remove("$schema"));
     submit.as_object_mut().map(|o| o.remove("$schema"));
+    if let Some(props) = submit.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert(
+            "wait".into(),
+            json!({ "type": "boolean", "description": "Answer only when the task has ended, relaying its progress as notifications/progress (send a progressToken) meanwhile" }),
+        );
+    }
     let mut report = schema_of::<TaskReport>();
     report.as_object_mut().map(|o| o.remove("$schema"));
     vec![
@@ -289,9 +295,20 @@ impl OrchestrationProvider {
         let m = |err: OrchestrationError| err.to_mcp();
         let value = match name {
             "submit_task" => {
+                let mut args = args;
+                let wait = match args.remove("wait") {
+                    None => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(_) => return Err(McpError::invalid_params("`wait` must be a boolean")),
+                };
                 let req: TaskRequest = parse(args)?;
                 let done = e.submit(&me, &req).await.map_err(m)?;
-                json!({ "task": to_json(&done.task)?, "created": done.created })
+                let task = if wait {
+                    wait_for_task(e, &me, ctx, done.task).await?
+                } else {
+                    done.task
+                };
+                json!({ "task": to_json(&task)?, "created": done.created })
             }
             "get_task" => to_json(&e.get_task(&me, string(&args, "id")?).await.map_err(m)?)?,
             "cancel_task" => to_json(&e.cancel_task(&me, string(&args, "id")?).await.map_err(m)?)?,
@@ -435,5 +452,50 @@ impl Provider for OrchestrationProvider {
         arguments: Map<String, Value>,
     ) -> BoxFuture<'a, Result<Value, McpError>> {
         Box::pin(async move { self.call(ctx, name, arguments).await })
+    }
+}
+
+/// How often a waiting `submit_task` looks at its task.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Follows a task until it ends, relaying each new progress report of its
+/// tool to the caller as `notifications/progress`; the caller's
+/// cancellation stops the waiting (not the task).
+async fn wait_for_task(
+    engine: &Engine,
+    me: &Identity,
+    ctx: &CallContext,
+    mut task: cellgate_store::TaskRecord,
+) -> Result<cellgate_store::TaskRecord, McpError> {
+    let mut relayed: Option<Value> = None;
+    loop {
+        if task.status.is_final() {
+            return Ok(task);
+        }
+        if let Some(p) = &task.progress
+            && relayed.as_ref() != Some(p)
+        {
+            if let Some(progress) = p.get("progress").and_then(Value::as_f64) {
+                ctx.progress(
+                    progress,
+                    p.get("total").and_then(Value::as_f64),
+                    p.get("message").and_then(Value::as_str),
+                );
+            }
+            relayed = Some(p.clone());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WAIT_POLL) => {}
+            _ = ctx.cancel.cancelled() => {
+                return Err(McpError::cancelled(format!(
+                    "stopped waiting for task {}; it goes on (get_task)",
+                    task.id
+                )));
+            }
+        }
+        task = engine
+            .get_task(me, &task.id)
+            .await
+            .map_err(|e| e.to_mcp())?;
     }
 }
