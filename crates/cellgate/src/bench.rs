@@ -405,6 +405,10 @@ struct OpenOutcome {
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
+    /// The same calls timed from when they were actually sent: what the
+    /// target itself took, without the harness's timer and queueing.
+    service_p50_us: u64,
+    service_p99_us: u64,
 }
 
 impl OpenOutcome {
@@ -507,6 +511,7 @@ async fn open_loop(
                 start + Duration::from_secs_f64((worker as u64 + k * per_session) as f64 / rate)
             };
             let mut lat = Vec::with_capacity(1 << 14);
+            let mut service = Vec::with_capacity(1 << 14);
             let (mut errors, mut missed) = (0usize, 0usize);
             let mut k = 0u64;
             loop {
@@ -525,28 +530,33 @@ async fn open_loop(
                 if at > Instant::now() {
                     tokio::time::sleep_until(at.into()).await;
                 }
+                let sent = Instant::now();
                 let ok = call_echo(&client, &url, session.as_deref(), k + 1).await;
                 if at >= warm_until {
                     if ok {
                         lat.push(at.elapsed().as_micros() as u64);
+                        service.push(sent.elapsed().as_micros() as u64);
                     } else {
                         errors += 1;
                     }
                 }
                 k += 1;
             }
-            anyhow::Ok((lat, errors, missed))
+            anyhow::Ok((lat, service, errors, missed))
         }));
     }
     let mut all = Vec::new();
+    let mut all_service = Vec::new();
     let (mut errors, mut missed) = (0, 0);
     for t in tasks {
-        let (lat, e, m) = t.await.context("bench worker panicked")??;
+        let (lat, service, e, m) = t.await.context("bench worker panicked")??;
         all.extend(lat);
+        all_service.extend(service);
         errors += e;
         missed += m;
     }
     all.sort_unstable();
+    all_service.sort_unstable();
     Ok(OpenOutcome {
         name,
         calls: all.len(),
@@ -556,6 +566,8 @@ async fn open_loop(
         p50_us: percentile(&all, 0.50),
         p99_us: percentile(&all, 0.99),
         max_us: all.last().copied().unwrap_or(0),
+        service_p50_us: percentile(&all_service, 0.50),
+        service_p99_us: percentile(&all_service, 0.99),
     })
 }
 
@@ -657,10 +669,17 @@ async fn measure_proxy(
 
     let ratio = closed_through.rate() / closed_direct.rate().max(1.0);
     let overhead_ms = (open_through.p99_us as f64 - open_direct.p99_us as f64) / 1000.0;
+    let service_overhead_ms =
+        (open_through.service_p99_us as f64 - open_direct.service_p99_us as f64) / 1000.0;
     let ratio_met = ratio >= TARGET_THROUGHPUT_RATIO;
     // The latency target only counts if the gateway kept up with the rate.
+    // It is judged on the larger of the two estimates: on a busy machine the
+    // harness's timer lag can exceed the gateway's cost and make the
+    // scheduled-time difference meaningless (even negative).
     let kept_up = open_through.missed == 0 && open_through.errors == 0;
-    let overhead_met = kept_up && args.rate >= TARGET_RATE && overhead_ms <= TARGET_P99_OVERHEAD_MS;
+    let judged_overhead_ms = overhead_ms.max(service_overhead_ms);
+    let overhead_met =
+        kept_up && args.rate >= TARGET_RATE && judged_overhead_ms <= TARGET_P99_OVERHEAD_MS;
 
     if args.json {
         let closed = |o: &Outcome| {
@@ -670,7 +689,8 @@ async fn measure_proxy(
         let open = |o: &OpenOutcome| {
             json!({"target": o.name, "calls": o.calls, "errors": o.errors,
             "missed": o.missed, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us,
-            "p99_us": o.p99_us, "max_us": o.max_us})
+            "p99_us": o.p99_us, "max_us": o.max_us,
+            "service_p50_us": o.service_p50_us, "service_p99_us": o.service_p99_us})
         };
         println!(
             "{}",
@@ -691,11 +711,12 @@ async fn measure_proxy(
                     "offered_calls_per_sec": args.rate,
                     "results": [open(&open_direct), open(&open_through)],
                     "p99_overhead_ms": overhead_ms,
+                    "service_p99_overhead_ms": service_overhead_ms,
                 },
                 "targets": {
                     "throughput_ratio": {"min": TARGET_THROUGHPUT_RATIO, "value": ratio, "met": ratio_met},
                     "p99_overhead_ms": {"max": TARGET_P99_OVERHEAD_MS, "at_calls_per_sec": TARGET_RATE,
-                        "value": overhead_ms, "met": overhead_met},
+                        "value": judged_overhead_ms, "met": overhead_met},
                 },
             })
         );
@@ -725,22 +746,36 @@ async fn measure_proxy(
             args.rate, args.sessions
         );
         println!(
-            "{:<20} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
-            "target", "calls/s", "p50 µs", "p99 µs", "max µs", "errors", "missed"
+            "{:<20} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>13} {:>13}",
+            "target",
+            "calls/s",
+            "p50 µs",
+            "p99 µs",
+            "max µs",
+            "errors",
+            "missed",
+            "svc p50 µs",
+            "svc p99 µs"
         );
         for o in [&open_direct, &open_through] {
             println!(
-                "{:<20} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>7}",
+                "{:<20} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>7} {:>13} {:>13}",
                 o.name,
                 o.rate(),
                 o.p50_us,
                 o.p99_us,
                 o.max_us,
                 o.errors,
-                o.missed
+                o.missed,
+                o.service_p50_us,
+                o.service_p99_us
             );
         }
         println!("p99 overhead (through − direct): {overhead_ms:.2} ms");
+        println!(
+            "p99 overhead of service time (svc: from the actual send, without timer lag and queueing): \
+             {service_overhead_ms:.2} ms"
+        );
         println!();
         println!("targets (issue #3):");
         println!(
@@ -760,7 +795,8 @@ async fn measure_proxy(
             String::new()
         };
         println!(
-            "  p99 overhead ≤ {TARGET_P99_OVERHEAD_MS:.0} ms at {TARGET_RATE} calls/s: {overhead_ms:.2} ms — {}{why}",
+            "  p99 overhead ≤ {TARGET_P99_OVERHEAD_MS:.0} ms at {TARGET_RATE} calls/s: {judged_overhead_ms:.2} ms \
+             (the larger of the two) — {}{why}",
             met(overhead_met)
         );
     }
