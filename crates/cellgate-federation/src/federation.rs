@@ -1852,6 +1852,10 @@ impl Provider for Federation {
         self.inner.route(name, tool).is_some()
     }
 
+    fn fronts_others(&self) -> bool {
+        true
+    }
+
     fn list_tools<'a>(
         &'a self,
         _ctx: &'a CallContext,

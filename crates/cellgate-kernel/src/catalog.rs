@@ -89,17 +89,34 @@ impl Catalog {
     /// Lists every provider's tools and rebuilds the routing index and the
     /// definitions map. The first provider to list a name owns it.
     async fn collect_tools(&self, ctx: &CallContext) -> Result<Vec<Arc<Tool>>, McpError> {
-        let mut all = Vec::new();
+        let mut listed = Vec::with_capacity(self.providers.len());
+        for p in &self.providers {
+            listed.push(p.list_tools(ctx).await?);
+        }
+        // The gateway's own providers claim names first, then those that
+        // front upstreams; within each, the earlier provider wins.
         let mut index = HashMap::new();
         let mut defs = HashMap::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            for t in p.list_tools(ctx).await? {
-                let t = Arc::new(t);
-                if !index.contains_key(&t.name) {
-                    index.insert(t.name.clone(), i);
-                    defs.insert(t.name.clone(), t.clone());
+        for fronting in [false, true] {
+            for (i, tools) in listed.iter().enumerate() {
+                if self.providers[i].fronts_others() != fronting {
+                    continue;
                 }
-                all.push(t);
+                for t in tools {
+                    if !index.contains_key(&t.name) {
+                        index.insert(t.name.clone(), i);
+                        defs.insert(t.name.clone(), Arc::new(t.clone()));
+                    }
+                }
+            }
+        }
+        // Listed in provider order, each name once: the one calls reach.
+        let mut all = Vec::new();
+        for (i, tools) in listed.into_iter().enumerate() {
+            for t in tools {
+                if index.get(&t.name) == Some(&i) {
+                    all.push(defs[&t.name].clone());
+                }
             }
         }
         *self.tool_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
@@ -157,10 +174,18 @@ impl Catalog {
                 .and_then(|idx| idx.get(name).copied());
             return Ok(found);
         }
+        let mut listed = Vec::with_capacity(self.providers.len());
+        for p in &self.providers {
+            listed.push(p.list_prompts(ctx).await?);
+        }
         let mut index = HashMap::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            for t in p.list_prompts(ctx).await? {
-                index.entry(t.name).or_insert(i);
+        for fronting in [false, true] {
+            for (i, prompts) in listed.iter().enumerate() {
+                if self.providers[i].fronts_others() == fronting {
+                    for t in prompts {
+                        index.entry(t.name.clone()).or_insert(i);
+                    }
+                }
             }
         }
         let found = index.get(name).copied();

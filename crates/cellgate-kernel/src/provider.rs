@@ -113,4 +113,11 @@ pub trait Provider: Send + Sync + 'static {
     fn claims(&self, _name: &str, _tool: bool) -> bool {
         false
     }
+
+    /// Whether this provider fronts servers nobody here wrote (upstreams).
+    /// Its tools and prompts yield to the gateway's own of the same name,
+    /// so an upstream can never shadow, say, `approve_tool_pin`.
+    fn fronts_others(&self) -> bool {
+        false
+    }
 }
