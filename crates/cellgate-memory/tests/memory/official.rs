@@ -47,7 +47,7 @@ impl Official {
             );
             return None;
         }
-        let dir = crate::TempDir::new();
+        let dir = crate::TempDir::new("memory-official");
         let mut child = Command::new(&node)
             .arg(&script)
             .env("MEMORY_FILE_PATH", dir.path().join("memory.jsonl"))
