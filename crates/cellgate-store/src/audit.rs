@@ -243,7 +243,9 @@ impl AuditLog {
                 };
                 let batch = build(&previous);
                 let head = validate_batch(&previous, &batch)?;
-                for chunk in batch.entries.chunks(ROWS_PER_STATEMENT) {
+                for chunk in
+                    crate::backend::statement_sized_chunks(&batch.entries, ROWS_PER_STATEMENT)
+                {
                     let mut insert = sqlx::QueryBuilder::<Db>::new(format!(
                         "INSERT INTO audit_entries ({COLUMNS}) "
                     ));

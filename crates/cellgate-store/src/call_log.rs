@@ -57,7 +57,7 @@ impl CallLog {
         let stored = on_backend!(&self.backend, |pool, Db| {
             async {
                 let mut tx = pool.begin().await?;
-                for chunk in records.chunks(ROWS_PER_STATEMENT) {
+                for chunk in crate::backend::statement_sized_chunks(records, ROWS_PER_STATEMENT) {
                     let mut insert = sqlx::QueryBuilder::<Db>::new(
                         "INSERT INTO call_log (tenant_id, principal, method, target, outcome, error_code, latency_us, at_ms) ",
                     );

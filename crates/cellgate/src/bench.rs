@@ -55,12 +55,32 @@ struct Outcome {
     seconds: f64,
     p50_us: u64,
     p99_us: u64,
+    /// Process CPU time (user + system, all threads: load generator and
+    /// target alike) per measured call. Steadier than calls/s on a shared
+    /// VM, whose speed swings from run to run.
+    cpu_us_per_call: f64,
 }
 
 impl Outcome {
     fn rate(&self) -> f64 {
         self.calls as f64 / self.seconds
     }
+}
+
+/// CPU time this process has used so far, all threads, user + system.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -163,6 +183,10 @@ async fn load(
             anyhow::Ok((lat, errors))
         }));
     }
+    tokio::time::sleep_until(warm_until.into()).await;
+    let cpu_start = process_cpu();
+    tokio::time::sleep_until(stop.into()).await;
+    let cpu_used = process_cpu().saturating_sub(cpu_start);
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -178,6 +202,7 @@ async fn load(
         seconds: args.seconds as f64,
         p50_us: percentile(&all, 0.50),
         p99_us: percentile(&all, 0.99),
+        cpu_us_per_call: cpu_used.as_secs_f64() * 1e6 / all.len().max(1) as f64,
     })
 }
 
@@ -301,11 +326,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         instance.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
         println!(
-            "{}: {:.0} calls/s, p50 {} µs, p99 {} µs, {} errors",
+            "{}: {:.0} calls/s, p50 {} µs, p99 {} µs, {:.1} µs CPU per call, {} errors",
             full.name,
             full.rate(),
             full.p50_us,
             full.p99_us,
+            full.cpu_us_per_call,
             full.errors
         );
         if full.errors > 0 {
@@ -338,7 +364,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let results = [&base, &bare, &full];
     if args.json {
-        let row = |o: &Outcome| json!({"target": o.name, "calls": o.calls, "errors": o.errors, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us});
+        let row = |o: &Outcome| json!({"target": o.name, "calls": o.calls, "errors": o.errors, "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us, "cpu_us_per_call": (o.cpu_us_per_call * 10.0).round() / 10.0});
         println!(
             "{}",
             json!({
@@ -351,16 +377,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:<30} {:>12} {:>10} {:>10} {:>8}",
-            "target", "calls/s", "p50 µs", "p99 µs", "errors"
+            "{:<30} {:>12} {:>10} {:>10} {:>12} {:>8}",
+            "target", "calls/s", "p50 µs", "p99 µs", "CPU µs/call", "errors"
         );
         for o in results {
             println!(
-                "{:<30} {:>12.0} {:>10} {:>10} {:>8}",
+                "{:<30} {:>12.0} {:>10} {:>10} {:>12.1} {:>8}",
                 o.name,
                 o.rate(),
                 o.p50_us,
                 o.p99_us,
+                o.cpu_us_per_call,
                 o.errors
             );
         }
@@ -684,7 +711,8 @@ async fn measure_proxy(
     if args.json {
         let closed = |o: &Outcome| {
             json!({"target": o.name, "calls": o.calls, "errors": o.errors,
-            "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us})
+            "calls_per_sec": o.rate().round(), "p50_us": o.p50_us, "p99_us": o.p99_us,
+            "cpu_us_per_call": (o.cpu_us_per_call * 10.0).round() / 10.0})
         };
         let open = |o: &OpenOutcome| {
             json!({"target": o.name, "calls": o.calls, "errors": o.errors,
@@ -726,16 +754,17 @@ async fn measure_proxy(
             args.sessions
         );
         println!(
-            "{:<20} {:>10} {:>9} {:>9} {:>7}",
-            "target", "calls/s", "p50 µs", "p99 µs", "errors"
+            "{:<20} {:>10} {:>9} {:>9} {:>12} {:>7}",
+            "target", "calls/s", "p50 µs", "p99 µs", "CPU µs/call", "errors"
         );
         for o in [&closed_direct, &closed_through] {
             println!(
-                "{:<20} {:>10.0} {:>9} {:>9} {:>7}",
+                "{:<20} {:>10.0} {:>9} {:>9} {:>12.1} {:>7}",
                 o.name,
                 o.rate(),
                 o.p50_us,
                 o.p99_us,
+                o.cpu_us_per_call,
                 o.errors
             );
         }
