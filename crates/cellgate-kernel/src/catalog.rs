@@ -174,6 +174,19 @@ impl Catalog {
                 .and_then(|idx| idx.get(name).copied());
             return Ok(found);
         }
+        self.collect_prompts(ctx).await?;
+        let found = lock
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|idx| idx.get(name).copied());
+        Ok(found)
+    }
+
+    /// Lists every provider's prompts and rebuilds the prompt routing index,
+    /// by the same rule as tools: the gateway's own providers claim names
+    /// first, and each name is listed once, from the provider calls reach.
+    async fn collect_prompts(&self, ctx: &CallContext) -> Result<Vec<Value>, McpError> {
         let mut listed = Vec::with_capacity(self.providers.len());
         for p in &self.providers {
             listed.push(p.list_prompts(ctx).await?);
@@ -188,9 +201,18 @@ impl Catalog {
                 }
             }
         }
-        let found = index.get(name).copied();
-        *lock.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
-        Ok(found)
+        let mut all = Vec::new();
+        for (i, prompts) in listed.into_iter().enumerate() {
+            for t in prompts {
+                if index.get(&t.name) == Some(&i) {
+                    all.push(
+                        serde_json::to_value(t).map_err(|e| McpError::internal(e.to_string()))?,
+                    );
+                }
+            }
+        }
+        *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+        Ok(all)
     }
 
     pub async fn call_tool(
@@ -253,15 +275,7 @@ impl Catalog {
         ctx: &CallContext,
         cursor: Option<&str>,
     ) -> Result<Value, McpError> {
-        let mut all = Vec::new();
-        let mut index = HashMap::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            for t in p.list_prompts(ctx).await? {
-                index.entry(t.name.clone()).or_insert(i);
-                all.push(serde_json::to_value(t).map_err(|e| McpError::internal(e.to_string()))?);
-            }
-        }
-        *self.prompt_index.write().unwrap_or_else(|e| e.into_inner()) = Some(index);
+        let all = self.collect_prompts(ctx).await?;
         paginate("prompts", all, cursor)
     }
 
@@ -391,5 +405,56 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(prompt.message, "unknown prompt: down__x");
+    }
+
+    /// Offers one prompt, `greet`, and says who answered.
+    struct Greeter {
+        id: &'static str,
+        fronts: bool,
+    }
+
+    impl Provider for Greeter {
+        fn id(&self) -> &str {
+            self.id
+        }
+        fn fronts_others(&self) -> bool {
+            self.fronts
+        }
+        fn list_prompts<'a>(
+            &'a self,
+            _: &'a CallContext,
+        ) -> crate::BoxFuture<'a, Result<Vec<crate::model::Prompt>, McpError>> {
+            Box::pin(async { Ok(vec![crate::model::Prompt::new("greet")]) })
+        }
+        fn get_prompt<'a>(
+            &'a self,
+            _: &'a CallContext,
+            _: &'a str,
+            _: Map<String, Value>,
+        ) -> crate::BoxFuture<'a, Result<Value, McpError>> {
+            Box::pin(async move { Ok(json!({ "from": self.id })) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prompt_name_is_listed_once_and_routed_to_the_gateway_own_provider() {
+        let upstream = Arc::new(Greeter {
+            id: "upstream",
+            fronts: true,
+        });
+        let own = Arc::new(Greeter {
+            id: "own",
+            fronts: false,
+        });
+        let ctx = CallContext::detached("t");
+        // Routing must not depend on whether the list ran first.
+        let catalog = Catalog::new(vec![upstream.clone(), own.clone()]);
+        let before = catalog.get_prompt(&ctx, "greet", Map::new()).await.unwrap();
+        assert_eq!(before["from"], "own");
+        let catalog = Catalog::new(vec![upstream, own]);
+        let listed = catalog.list_prompts(&ctx, None).await.unwrap();
+        assert_eq!(listed["prompts"].as_array().unwrap().len(), 1, "{listed}");
+        let after = catalog.get_prompt(&ctx, "greet", Map::new()).await.unwrap();
+        assert_eq!(after["from"], "own");
     }
 }
