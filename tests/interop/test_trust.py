@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,6 +161,26 @@ def test_bad_token_is_401_invalid_token(inst):
     status, headers, _ = http(inst, "POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, token=forged)
     assert status == 401
     assert 'error="invalid_token"' in {k.lower(): v for k, v in headers.items()}["www-authenticate"]
+
+
+def test_refused_requests_are_audited_without_the_credential(inst):
+    forged = inst.tokens["beta-dev"][:-4] + "AAAA"
+    status, _, _ = http(inst, "POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, token=forged)
+    assert status == 401
+    # They never reach the pipeline: the HTTP layer records them under the
+    # operator tenant, with the reason and no credential.
+    deadline = time.time() + 10
+    while True:
+        out = inst.cli("audit", "export", "--tenant", "local")
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        refused = [r for r in rows if r["method"] == "http" and r.get("error_code") == 401
+                   and any(d["layer"] == "authenticate" and d["verdict"] == "deny" for d in r["decisions"])]
+        if refused or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert refused, json.dumps(rows[-3:])
+    assert refused[-1]["target"] == "/mcp" and refused[-1]["principal"]["id"] == "anonymous", refused[-1]
+    assert forged not in out and forged[:40] not in out
 
 
 def test_token_in_query_is_refused(inst):

@@ -152,6 +152,35 @@ impl AuditEvent {
         }
     }
 
+    /// A request refused before it had an identity (a bad or missing
+    /// credential at the HTTP layer): anonymous, method `http`, the path as
+    /// target, the HTTP status as error code, and `authenticate` denying
+    /// with `reason`. Recorded under `tenant`, normally the operator's.
+    pub fn refused_request(tenant: &str, path: &str, status: u16, reason: &str) -> AuditEvent {
+        AuditEvent {
+            at_ms: now_ms(),
+            tenant: tenant.to_owned(),
+            kind: EntryKind::Call,
+            principal_id: "anonymous".to_owned(),
+            principal_kind: cellgate_kernel::PrincipalKind::Anonymous
+                .as_str()
+                .to_owned(),
+            method: "http".to_owned(),
+            target: Some(path.to_owned()),
+            args_digest: None,
+            outcome: Outcome::Error,
+            error_code: Some(i64::from(status)),
+            latency_us: 0,
+            decisions: vec![DecisionRecord {
+                layer: "authenticate".to_owned(),
+                verdict: "deny".to_owned(),
+                detail: Some(reason.to_owned()),
+            }],
+            category: None,
+            message: None,
+        }
+    }
+
     /// The stored form at `seq` after `prev_hash`, with an empty `hash`
     /// (the chain fills it in). Cuts over-long text as described on the type.
     pub(crate) fn to_record(&self, seq: i64, prev_hash: String) -> AuditRecord {

@@ -32,12 +32,42 @@ const QUERY_CREDENTIALS: &[&str] = &["access_token", "api_key", "apikey", "token
 #[derive(Clone)]
 pub struct HttpAuthLayer {
     auth: Arc<Authenticator>,
+    refusals: Option<Arc<dyn RefusalLog>>,
 }
 
 impl HttpAuthLayer {
     pub fn new(auth: Arc<Authenticator>) -> HttpAuthLayer {
-        HttpAuthLayer { auth }
+        HttpAuthLayer {
+            auth,
+            refusals: None,
+        }
     }
+
+    /// Reports every refused request to `log` (the binary sends them to the
+    /// audit log): these requests never reach the pipeline, whose audit
+    /// layer records everything else.
+    pub fn with_refusal_log(mut self, log: Arc<dyn RefusalLog>) -> HttpAuthLayer {
+        self.refusals = Some(log);
+        self
+    }
+}
+
+/// A request [`HttpAuthLayer`] refused. It never holds the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRefusal {
+    /// The request path, without the query.
+    pub path: String,
+    /// The HTTP status answered (401, 400 or 503).
+    pub status: u16,
+    /// [`AuthError::reason`]: a fixed label such as `invalid_token`.
+    pub reason: &'static str,
+}
+
+/// Where refused requests are reported. The answer waits for `refused`, so
+/// an implementation applies its own back-pressure (a flood of bad
+/// credentials is slowed rather than dropped from the record).
+pub trait RefusalLog: Send + Sync {
+    fn refused(&self, refusal: AuthRefusal) -> BoxFuture<'_, ()>;
 }
 
 impl<S> Layer<S> for HttpAuthLayer {
@@ -46,6 +76,7 @@ impl<S> Layer<S> for HttpAuthLayer {
     fn layer(&self, inner: S) -> HttpAuth<S> {
         HttpAuth {
             auth: self.auth.clone(),
+            refusals: self.refusals.clone(),
             inner,
         }
     }
@@ -55,6 +86,7 @@ impl<S> Layer<S> for HttpAuthLayer {
 #[derive(Clone)]
 pub struct HttpAuth<S> {
     auth: Arc<Authenticator>,
+    refusals: Option<Arc<dyn RefusalLog>>,
     inner: S,
 }
 
@@ -73,6 +105,7 @@ where
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let auth = self.auth.clone();
+        let refusals = self.refusals.clone();
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -91,7 +124,16 @@ where
                 }
                 Err(error) => {
                     tracing::debug!(reason = error.reason(), %error, path = %request.uri().path(), "request refused");
-                    Ok(auth.resource().refusal(&error))
+                    let response = auth.resource().refusal(&error);
+                    if let Some(log) = refusals {
+                        log.refused(AuthRefusal {
+                            path: request.uri().path().to_owned(),
+                            status: response.status().as_u16(),
+                            reason: error.reason(),
+                        })
+                        .await;
+                    }
+                    Ok(response)
                 }
             }
         })

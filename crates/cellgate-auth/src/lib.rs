@@ -67,7 +67,7 @@ pub use device::{
 };
 pub use ed25519_dalek;
 pub use error::{AuthError, SetupError};
-pub use http::{API_KEY_HEADER, HttpAuth, HttpAuthLayer, credential_of};
+pub use http::{API_KEY_HEADER, AuthRefusal, HttpAuth, HttpAuthLayer, RefusalLog, credential_of};
 pub use identity::{Identity, LOCAL_TENANT};
 pub use instance::{InstanceKey, IssuedToken, LOCAL_ISSUER_NAME, LocalIssuer, TokenRequest};
 pub use jsonwebtoken::Algorithm;

@@ -75,6 +75,9 @@ pub struct Instance {
     pub metrics: Arc<Metrics>,
     pub auth: AuthStack,
     pub audit: Option<(AuditSink, AuditWriter)>,
+    /// The tenant that records what belongs to no tenant, such as requests
+    /// refused before authentication (`[policy] operator_tenant`).
+    pub operator_tenant: String,
     pub federation: Option<Arc<Federation>>,
     /// Installed WebAssembly cells, when `[cells]` is enabled.
     pub cells: Option<Arc<cellgate_cells::CellRegistry>>,
@@ -346,6 +349,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
         metrics,
         auth,
         audit,
+        operator_tenant: config.policy.operator_tenant.clone(),
         federation,
     })
 }
@@ -687,8 +691,43 @@ pub fn http_app(instance: &Instance, metrics_enabled: bool) -> Router {
     mcp.merge(rest)
         .merge(ops.with_state(health))
         .merge(instance.auth.routes())
-        .layer(instance.auth.layer())
+        .layer(match &instance.audit {
+            Some((sink, _)) => instance
+                .auth
+                .layer()
+                .with_refusal_log(Arc::new(AuditedRefusals {
+                    sink: sink.clone(),
+                    tenant: instance.operator_tenant.clone(),
+                })),
+            None => instance.auth.layer(),
+        })
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Requests refused before authentication go to the audit log under the
+/// operator tenant: they belong to no tenant, and the pipeline's own audit
+/// layer never sees them.
+struct AuditedRefusals {
+    sink: AuditSink,
+    tenant: String,
+}
+
+impl cellgate_auth::RefusalLog for AuditedRefusals {
+    fn refused(&self, refusal: cellgate_auth::AuthRefusal) -> cellgate_kernel::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let event = cellgate_audit::AuditEvent::refused_request(
+                &self.tenant,
+                &refusal.path,
+                refusal.status,
+                refusal.reason,
+            );
+            // The sink's back-pressure policy applies; a refusal of the
+            // entry itself is counted in the audit metrics.
+            if let Ok(slot) = self.sink.reserve().await {
+                slot.send(event);
+            }
+        })
+    }
 }
 
 /// Headers every response carries: no sniffing, no framing, no referrer,
