@@ -1,4 +1,4 @@
-use cellgate_store::StoreError;
+use cellgate_store::{SealError, StoreError};
 
 use crate::analysis::AnalysisReport;
 use crate::manifest::ManifestErrors;
@@ -33,6 +33,8 @@ pub enum CellError {
     Run(#[from] RunError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("sealed values: {0}")]
+    Seal(#[from] SealError),
     #[error("{action} {path}: {error}")]
     Io {
         action: &'static str,

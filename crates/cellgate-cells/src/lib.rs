@@ -12,7 +12,9 @@
 //! stdin/stdout) or components of the WIT world `cellgate:cell/tool`
 //! (`wit/cell.wit`). [`CellRegistry`]
 //! keeps each tenant's cells (lifecycle PENDING → VERIFIED → ACTIVE →
-//! SUSPENDED → REVOKED) and their behaviour profiles ([`profile`]);
+//! SUSPENDED → REVOKED), their behaviour profiles ([`profile`], kept in the
+//! store), their environment values (sealed at rest) and a disk cache of
+//! compiled artefacts (authenticated before they are loaded);
 //! [`CellProvider`] publishes every active cell's tools as
 //! `<cell>__<tool>` and the management tools (`cell_install`, …) through
 //! the normal pipeline.
@@ -22,6 +24,7 @@
 //! REST front ends (thin clients of the management tools).
 
 pub mod analysis;
+mod cache;
 mod error;
 pub mod manifest;
 pub mod profile;

@@ -418,6 +418,12 @@ impl Manifest {
                 format!("at most {GRANTS_MAX} grants"),
             );
         }
+        if !p.network.is_empty() && self.module.kind == ModuleKind::Command {
+            err(
+                "permissions.network".into(),
+                "a WASI preview 1 command module cannot open sockets; network grants need a component (module.kind \"component\")".into(),
+            );
+        }
         for (i, n) in p.network.iter().enumerate() {
             if !is_host(&n.host) {
                 err(

@@ -4,10 +4,15 @@
 //!
 //! Records live in the tenant's documents (collection `cells`, keyed by
 //! cell name), trusted publishers in `cell_publishers` (keyed by key id),
-//! the tenant's cell policy in `cell_policy/policy`. Module bytes live in
-//! `<data_dir>/cells/<tenant>/modules/<sha256>.wasm`; a granted directory
-//! that the installer does not bind elsewhere is
-//! `<data_dir>/cells/<tenant>/dirs/<cell>/<guest path>`.
+//! the tenant's cell policy in `cell_policy/policy`, behaviour profiles in
+//! `cell_profiles` (keyed by cell name, with the module digest they
+//! describe). Module bytes live in
+//! `<data_dir>/cells/<tenant>/modules/<sha256>.wasm`, compiled artefacts in
+//! `<data_dir>/cells-cache/`; a granted directory that the installer does
+//! not bind elsewhere is `<data_dir>/cells/<tenant>/dirs/<cell>/<guest path>`.
+//!
+//! Granted environment values are sealed at rest with the instance key
+//! (`cellgate_store::sealed`), bound to tenant, cell and variable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,14 +20,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cellgate_audit::{AuditEvent, AuditSink};
+use cellgate_audit::{AuditEvent, AuditSink, Outcome};
 use cellgate_kernel::{Principal, PrincipalKind, ProviderEvent};
-use cellgate_store::{Document, Store, TenantId};
+use cellgate_store::{Document, SecretSeal, Store, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sha2::Digest as _;
 use tokio::sync::broadcast;
 
 use crate::analysis::analyse;
+use crate::cache::CompiledCache;
 use crate::error::CellError;
 use crate::manifest::Manifest;
 use crate::profile::{AnomalyAction, BehaviourProfile, ProfileConfig};
@@ -33,6 +40,7 @@ const CELLS: &str = "cells";
 const PUBLISHERS: &str = "cell_publishers";
 const POLICY: &str = "cell_policy";
 const POLICY_KEY: &str = "policy";
+const PROFILES: &str = "cell_profiles";
 
 /// Lifecycle of an installed cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +87,14 @@ pub struct CellRecord {
     pub installed_by: String,
     /// Granted guest directory → host directory.
     pub mounts: BTreeMap<String, PathBuf>,
-    /// Values of the granted environment variables.
-    pub env: BTreeMap<String, String>,
+    /// Values of the granted environment variables, sealed with the
+    /// instance key for this tenant, cell and variable (never in clear).
+    #[serde(default)]
+    pub sealed_env: BTreeMap<String, String>,
+    /// Values a build before sealing stored in clear; read, and sealed
+    /// into `sealed_env` at the record's next write. Never written.
+    #[serde(default, rename = "env", skip_serializing_if = "BTreeMap::is_empty")]
+    pub unsealed_env: BTreeMap<String, String>,
     /// What the module imports, as `module.name`.
     pub imports: Vec<String>,
 }
@@ -110,6 +124,10 @@ pub struct CellsConfig {
     /// How long a tenant's cell list read from the store is trusted before
     /// it is read again (so that changes made by another replica show).
     pub refresh: Duration,
+    /// Least time between two writes of one cell's profile to the store
+    /// during calls. Transitions and [`CellRegistry::flush_profiles`]
+    /// write at once.
+    pub profile_save_interval: Duration,
 }
 
 impl CellsConfig {
@@ -121,6 +139,7 @@ impl CellsConfig {
             profile: ProfileConfig::default(),
             max_module_bytes: 32 << 20,
             refresh: Duration::from_secs(5),
+            profile_save_interval: Duration::from_secs(10),
         }
     }
 }
@@ -170,7 +189,27 @@ pub struct Reverification {
 struct LiveCell {
     record: CellRecord,
     grants: Grants,
-    profile: Arc<Mutex<BehaviourProfile>>,
+    /// Why the grants are incomplete (an environment value that does not
+    /// open); such a cell is not run.
+    grant_problem: Option<GrantProblem>,
+    profile: Arc<Mutex<ProfileSlot>>,
+}
+
+/// The field at fault and why.
+type GrantProblem = (String, String);
+
+/// A profile and whether the store has its latest state.
+struct ProfileSlot {
+    profile: BehaviourProfile,
+    dirty: bool,
+    saved_at: Instant,
+}
+
+/// A profile as stored: the module it describes, and the profile.
+#[derive(Serialize, Deserialize)]
+struct StoredProfile {
+    sha256: String,
+    profile: BehaviourProfile,
 }
 
 /// (tenant, cell, module digest): a new module starts a new profile.
@@ -190,8 +229,13 @@ pub struct CellRegistry {
     tenants: Mutex<HashMap<String, Arc<TenantCells>>>,
     /// Compiled modules by digest; content-addressed, so shared safely.
     prepared: Mutex<HashMap<String, PreparedCell>>,
-    /// Profiles by (tenant, cell, digest): they outlive cache refreshes.
-    profiles: Mutex<HashMap<ProfileKey, Arc<Mutex<BehaviourProfile>>>>,
+    /// Compiled artefacts on disk, for the first call after a restart.
+    compiled: CompiledCache,
+    /// Seals environment values at rest.
+    seal: SecretSeal,
+    /// Profiles by (tenant, cell, digest): they outlive cache refreshes,
+    /// and are loaded from and saved to the store.
+    profiles: Mutex<HashMap<ProfileKey, Arc<Mutex<ProfileSlot>>>>,
     events: broadcast::Sender<ProviderEvent>,
 }
 
@@ -247,6 +291,12 @@ impl CellRegistry {
         let sandbox = Arc::new(
             Sandbox::new(config.sandbox.clone()).map_err(|m| CellError::invalid("sandbox", m))?,
         );
+        let seal = SecretSeal::load_or_create(&config.data_dir)?;
+        let compiled = CompiledCache::new(
+            config.data_dir.join("cells-cache"),
+            seal.authenticator(crate::cache::KEY_PURPOSE)?,
+            sandbox.engine(),
+        );
         let (events, _) = broadcast::channel(16);
         Ok(Arc::new(Self {
             store,
@@ -255,6 +305,8 @@ impl CellRegistry {
             audit,
             tenants: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            compiled,
+            seal,
             profiles: Mutex::new(HashMap::new()),
             events,
         }))
@@ -262,6 +314,12 @@ impl CellRegistry {
 
     pub fn config(&self) -> &CellsConfig {
         &self.config
+    }
+
+    /// How many modules and components this registry compiled (rather
+    /// than loaded from `<data_dir>/cells-cache/`).
+    pub fn compilations(&self) -> u64 {
+        self.sandbox.compilations()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<ProviderEvent> {
@@ -280,10 +338,16 @@ impl CellRegistry {
 
     async fn audit(&self, tenant: &TenantId, actor: &Principal, category: &str, message: String) {
         tracing::info!(tenant = tenant.as_str(), category, "{message}");
+        self.audit_event(
+            tenant,
+            AuditEvent::admin(tenant.as_str(), actor, category, message),
+        )
+        .await;
+    }
+
+    async fn audit_event(&self, tenant: &TenantId, event: AuditEvent) {
         if let Some(sink) = &self.audit
-            && let Err(e) = sink
-                .append(AuditEvent::admin(tenant.as_str(), actor, category, message))
-                .await
+            && let Err(e) = sink.append(event).await
         {
             tracing::warn!(
                 tenant = tenant.as_str(),
@@ -490,7 +554,8 @@ impl CellRegistry {
             updated_at_ms: now,
             installed_by: actor.id.to_string(),
             mounts,
-            env: req.env.clone(),
+            sealed_env: self.seal_env(tenant, &manifest.name, &req.env)?,
+            unsealed_env: BTreeMap::new(),
             imports: report
                 .imports
                 .iter()
@@ -506,7 +571,10 @@ impl CellRegistry {
         // never becomes VERIFIED.
         let path = self.module_path(tenant, &manifest.module.sha256);
         write_module(&path, &req.module)?;
-        let prepared = match self.sandbox.prepare(&req.module) {
+        let prepared = match self
+            .sandbox
+            .prepare_with(&req.module, Some((&self.compiled, &manifest.module.sha256)))
+        {
             Ok(p) => p,
             Err(m) => {
                 let _ = docs.delete(CELLS, &manifest.name).await;
@@ -524,7 +592,9 @@ impl CellRegistry {
         record.updated_at_ms = now_ms();
         docs.put_if_version(CELLS, &manifest.name, &to_value(&record), pending.version)
             .await?;
+        // A (re)installed cell starts a new profile.
         lock(&self.profiles).retain(|(t, c, _), _| !(t == tenant.as_str() && c == &manifest.name));
+        docs.delete(PROFILES, &manifest.name).await?;
         self.audit(
             tenant,
             actor,
@@ -647,10 +717,19 @@ impl CellRegistry {
                 action,
             });
         }
+        // The baseline must survive what follows (a suspended or revoked
+        // cell is often inspected after a restart).
+        self.save_profiles(|t, c| t == tenant.as_str() && c == name)
+            .await;
         let before = record.state;
         record.state = to;
         record.state_reason = reason.clone();
         record.updated_at_ms = now_ms();
+        if !record.unsealed_env.is_empty() {
+            let clear = std::mem::take(&mut record.unsealed_env);
+            let sealed = self.seal_env(tenant, name, &clear)?;
+            record.sealed_env.extend(sealed);
+        }
         self.store
             .scope(tenant)
             .documents()
@@ -772,6 +851,7 @@ impl CellRegistry {
             }
         }
         lock(&self.profiles).retain(|(t, c, _), _| !(t == tenant.as_str() && c == name));
+        docs.delete(PROFILES, name).await?;
         self.audit(
             tenant,
             actor,
@@ -815,16 +895,176 @@ impl CellRegistry {
         name: &str,
     ) -> Result<(CellRecord, Value), CellError> {
         let (record, _) = self.load(tenant, name).await?;
+        let slot = self
+            .profile_slot(tenant, name, &record.manifest.module.sha256)
+            .await?;
+        let profile = lock(&slot).profile.summary();
+        Ok((record, profile))
+    }
+
+    // ---- sealed environment values ------------------------------------
+
+    /// Seals each value for this tenant, cell and variable.
+    fn seal_env(
+        &self,
+        tenant: &TenantId,
+        cell: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, CellError> {
+        env.iter()
+            .map(|(k, v)| {
+                let sealed = self.seal.seal(&env_owner(tenant, cell, k), v.as_bytes())?;
+                Ok((k.clone(), sealed))
+            })
+            .collect()
+    }
+
+    /// The clear environment of a record, and the first variable that
+    /// does not open (with why), if any.
+    fn open_env(
+        &self,
+        tenant: &TenantId,
+        record: &CellRecord,
+    ) -> (Vec<(String, String)>, Option<GrantProblem>) {
+        let cell = &record.manifest.name;
+        let mut env: Vec<(String, String)> = record
+            .unsealed_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut problem = None;
+        for (k, sealed) in &record.sealed_env {
+            let opened = self
+                .seal
+                .open(&env_owner(tenant, cell, k), sealed)
+                .map_err(|e| e.to_string())
+                .and_then(|plain| String::from_utf8(plain).map_err(|_| "not UTF-8".to_owned()));
+            match opened {
+                Ok(v) => env.push((k.clone(), v)),
+                Err(e) => {
+                    tracing::error!(
+                        tenant = tenant.as_str(),
+                        cell = cell.as_str(),
+                        variable = k.as_str(),
+                        "a sealed environment value does not open: {e}"
+                    );
+                    problem.get_or_insert((format!("sealedEnv.{k}"), e));
+                }
+            }
+        }
+        (env, problem)
+    }
+
+    // ---- profiles in the store --------------------------------------------
+
+    /// The profile of (tenant, cell, digest): in memory, else from the
+    /// store (when it describes that digest), else a new one.
+    async fn profile_slot(
+        &self,
+        tenant: &TenantId,
+        cell: &str,
+        sha256: &str,
+    ) -> Result<Arc<Mutex<ProfileSlot>>, CellError> {
         let key = (
             tenant.as_str().to_owned(),
-            name.to_owned(),
-            record.manifest.module.sha256.clone(),
+            cell.to_owned(),
+            sha256.to_owned(),
         );
-        let profile = lock(&self.profiles)
-            .get(&key)
-            .map(|p| lock(p).summary())
-            .unwrap_or_else(|| BehaviourProfile::default().summary());
-        Ok((record, profile))
+        if let Some(slot) = lock(&self.profiles).get(&key) {
+            return Ok(slot.clone());
+        }
+        let stored = self
+            .store
+            .scope(tenant)
+            .documents()
+            .get(PROFILES, cell)
+            .await?;
+        let profile = stored
+            .and_then(|d| match serde_json::from_value::<StoredProfile>(d.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(
+                        tenant = tenant.as_str(),
+                        cell,
+                        "unreadable stored profile, starting a new one: {e}"
+                    );
+                    None
+                }
+            })
+            .filter(|p| p.sha256 == sha256)
+            .map(|p| p.profile)
+            .unwrap_or_default();
+        let slot = Arc::new(Mutex::new(ProfileSlot {
+            profile,
+            dirty: false,
+            saved_at: Instant::now(),
+        }));
+        // Another task may have loaded it meanwhile: the first one wins.
+        Ok(lock(&self.profiles).entry(key).or_insert(slot).clone())
+    }
+
+    /// Writes one profile if it changed since it was last written.
+    async fn save_slot(
+        &self,
+        key: &ProfileKey,
+        slot: &Mutex<ProfileSlot>,
+    ) -> Result<bool, CellError> {
+        let snapshot = {
+            let mut s = lock(slot);
+            if !s.dirty {
+                return Ok(false);
+            }
+            s.dirty = false;
+            s.saved_at = Instant::now();
+            s.profile.clone()
+        };
+        let (tenant, cell, sha256) = key;
+        let tenant =
+            TenantId::parse(tenant).map_err(|e| CellError::invalid("tenant", e.to_string()))?;
+        let value = serde_json::to_value(StoredProfile {
+            sha256: sha256.clone(),
+            profile: snapshot,
+        })
+        .unwrap_or(Value::Null);
+        let written = self
+            .store
+            .scope(&tenant)
+            .documents()
+            .put(PROFILES, cell, &value)
+            .await;
+        if let Err(e) = written {
+            lock(slot).dirty = true;
+            return Err(e.into());
+        }
+        Ok(true)
+    }
+
+    /// Writes the changed profiles whose (tenant, cell) `select` picks.
+    async fn save_profiles(&self, select: impl Fn(&str, &str) -> bool) -> usize {
+        let slots: Vec<(ProfileKey, Arc<Mutex<ProfileSlot>>)> = lock(&self.profiles)
+            .iter()
+            .filter(|((t, c, _), _)| select(t, c))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut saved = 0;
+        for (key, slot) in slots {
+            match self.save_slot(&key, &slot).await {
+                Ok(true) => saved += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    tenant = key.0.as_str(),
+                    cell = key.1.as_str(),
+                    "saving a cell profile failed: {e}"
+                ),
+            }
+        }
+        saved
+    }
+
+    /// Writes every profile changed since it was last written; call it on
+    /// a clean shutdown. Returns how many were written.
+    pub async fn flush_profiles(&self) -> usize {
+        self.save_profiles(|_, _| true).await
     }
 
     // ---- verification -----------------------------------------------------
@@ -934,12 +1174,10 @@ impl CellRegistry {
         let mut cells = HashMap::new();
         for record in records {
             let name = record.manifest.name.clone();
-            let key = (
-                tenant.as_str().to_owned(),
-                name.clone(),
-                record.manifest.module.sha256.clone(),
-            );
-            let profile = lock(&self.profiles).entry(key).or_default().clone();
+            let profile = self
+                .profile_slot(tenant, &name, &record.manifest.module.sha256)
+                .await?;
+            let (env, grant_problem) = self.open_env(tenant, &record);
             let p = &record.manifest.permissions;
             let grants = Grants {
                 dirs: p
@@ -954,11 +1192,7 @@ impl CellRegistry {
                     })
                     .collect(),
                 scratch: p.scratch,
-                env: record
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                env,
                 clock: p.clock,
                 random: p.random,
                 network: p.network.clone(),
@@ -968,6 +1202,7 @@ impl CellRegistry {
                 Arc::new(LiveCell {
                     record,
                     grants,
+                    grant_problem,
                     profile,
                 }),
             );
@@ -1003,7 +1238,10 @@ impl CellRegistry {
         let path = self.module_path(tenant, digest);
         let bytes = std::fs::read(&path).map_err(|e| CellError::io("reading", &path, e))?;
         signing::check_digest(&record.manifest, &bytes)?;
-        let prepared = self.sandbox.prepare(&bytes).map_err(CellError::Compile)?;
+        let prepared = self
+            .sandbox
+            .prepare_with(&bytes, Some((&self.compiled, digest)))
+            .map_err(CellError::Compile)?;
         lock(&self.prepared).insert(digest.clone(), prepared.clone());
         Ok(prepared)
     }
@@ -1036,6 +1274,15 @@ impl CellRegistry {
                 tool: tool.to_owned(),
             });
         }
+        if let Some((field, problem)) = &entry.grant_problem {
+            return Err(CellError::invalid(
+                field.clone(),
+                format!("cannot run cell `{cell}`: {problem}"),
+            ));
+        }
+        // Digest of the arguments, only when this call will be a sample.
+        let args_digest = (lock(&entry.profile).profile.sampling_remaining() > 0)
+            .then(|| cellgate_audit::args_digest(&Value::Object(arguments.clone())));
         let prepared = match self.prepared(tenant, &entry.record) {
             Ok(p) => p,
             Err(problem @ CellError::Trust(_)) => {
@@ -1091,24 +1338,60 @@ impl CellRegistry {
             )
             .await;
         }
-        let anomaly = lock(&entry.profile).observe(
-            &report.stats,
-            report.result.is_err(),
-            &self.config.profile,
-        );
+        let (anomaly, sample, save) = {
+            let mut slot = lock(&entry.profile);
+            let sample = slot.profile.take_sample();
+            let anomaly =
+                slot.profile
+                    .observe(&report.stats, report.result.is_err(), &self.config.profile);
+            if let Some(a) = &anomaly
+                && self.config.profile.action(a.severity) == AnomalyAction::Sample
+            {
+                slot.profile
+                    .start_sampling(self.config.profile.sample_calls);
+            }
+            slot.dirty = true;
+            let save = slot.saved_at.elapsed() >= self.config.profile_save_interval;
+            (anomaly, sample, save)
+        };
+        if let Some(remaining) = sample {
+            self.audit_sample(tenant, caller, cell, tool, &report, args_digest, remaining)
+                .await;
+        }
+        if save {
+            let key = (
+                tenant.as_str().to_owned(),
+                cell.to_owned(),
+                entry.record.manifest.module.sha256.clone(),
+            );
+            if let Err(e) = self.save_slot(&key, &entry.profile).await {
+                tracing::warn!(
+                    tenant = tenant.as_str(),
+                    cell,
+                    "saving the cell's profile failed: {e}"
+                );
+            }
+        }
         if let Some(anomaly) = anomaly {
             let action = self.config.profile.action(anomaly.severity);
             let reason = format!("tool `{tool}`: {anomaly}");
+            let then = match action {
+                AnomalyAction::Sample => format!(
+                    "Sample (the next {} calls are audited in detail)",
+                    self.config.profile.sample_calls
+                ),
+                other => format!("{other:?}"),
+            };
             self.audit(
                 tenant,
                 caller,
                 "cell.anomaly",
-                format!("cell `{cell}` {reason} → {action:?}"),
+                format!("cell `{cell}` {reason} → {then}"),
             )
             .await;
             let actor = runtime_principal();
             let moved = match action {
-                AnomalyAction::Log => Ok(entry.record.clone()),
+                AnomalyAction::Log | AnomalyAction::Sample => Ok(entry.record.clone()),
                 AnomalyAction::Suspend => self.suspend(tenant, &actor, cell, Some(reason)).await,
                 AnomalyAction::Revoke => self.revoke(tenant, &actor, cell, Some(reason)).await,
             };
@@ -1122,6 +1405,60 @@ impl CellRegistry {
         }
         Ok(report)
     }
+
+    /// One sampled call, audited in detail: every metric and the SHA-256
+    /// of the arguments and of the output (never their content).
+    #[allow(clippy::too_many_arguments)] // one private helper of call()
+    async fn audit_sample(
+        &self,
+        tenant: &TenantId,
+        caller: &Principal,
+        cell: &str,
+        tool: &str,
+        report: &CallReport,
+        args_digest: Option<[u8; 32]>,
+        remaining: u64,
+    ) {
+        let (outcome, output_digest, error) = match &report.result {
+            Ok(v) => (Outcome::Ok, cellgate_audit::args_digest(v), None),
+            Err(e) => {
+                let text = e.to_string();
+                (
+                    Outcome::ToolError,
+                    sha2::Sha256::digest(text.as_bytes()).into(),
+                    Some(e.kind()),
+                )
+            }
+        };
+        let message = json!({
+            "cell": cell,
+            "tool": tool,
+            "stats": report.stats,
+            "argumentsSha256": args_digest.map(|d| cellgate_audit::to_hex(&d)),
+            "outputSha256": cellgate_audit::to_hex(&output_digest),
+            "error": error,
+            "samplesRemaining": remaining,
+        });
+        tracing::info!(
+            tenant = tenant.as_str(),
+            cell,
+            tool,
+            "cell.sample {message}"
+        );
+        let mut event =
+            AuditEvent::admin(tenant.as_str(), caller, "cell.sample", message.to_string());
+        event.target = Some(format!("{cell}{}{tool}", crate::provider::SEPARATOR));
+        event.args_digest = args_digest;
+        event.outcome = outcome;
+        event.latency_us = report.stats.duration_us;
+        self.audit_event(tenant, event).await;
+    }
+}
+
+/// What a sealed environment value is bound to: the tenant, the cell and
+/// the variable, so it opens nowhere else.
+fn env_owner(tenant: &TenantId, cell: &str, variable: &str) -> String {
+    format!("cellgate-cell-env\0{}\0{cell}\0{variable}", tenant.as_str())
 }
 
 const ALL_BUT_REVOKED: [CellState; 4] = [

@@ -27,7 +27,7 @@
 //! refused with `access-denied` and recorded in [`CallReport::denials`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use wasmtime::component::{self, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    CallHook, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -50,6 +50,7 @@ use wasmtime_wasi::{
     WasiView,
 };
 
+use crate::cache::{ArtefactKind, CompiledCache};
 use crate::manifest::{Access, Limits, NetworkGrant};
 
 /// Most of a failing call's standard error kept for its error message.
@@ -160,6 +161,9 @@ pub struct CallStats {
     pub peak_memory_bytes: u64,
     pub duration_us: u64,
     pub output_bytes: u64,
+    /// Calls from the guest into the host: WASI imports, and runtime
+    /// services such as memory growth (wasmtime's call hook).
+    pub host_calls: u64,
 }
 
 /// The result of one call and what it cost.
@@ -221,6 +225,8 @@ impl std::fmt::Debug for PreparedCell {
 /// The engine every cell runs on. Create one per process.
 pub struct Sandbox {
     engine: Engine,
+    /// Modules and components compiled (not loaded from the disk cache).
+    compilations: AtomicU64,
     linker: Linker<CallState>,
     component_linker: component::Linker<ComponentState>,
     config: SandboxConfig,
@@ -250,12 +256,14 @@ impl Drop for Sandbox {
 pub(crate) struct CallState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    host_calls: u64,
 }
 
 pub(crate) struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    host_calls: u64,
 }
 
 impl WasiView for ComponentState {
@@ -339,6 +347,7 @@ impl Sandbox {
         };
         Ok(Sandbox {
             engine,
+            compilations: AtomicU64::new(0),
             linker,
             component_linker,
             config,
@@ -352,14 +361,68 @@ impl Sandbox {
         &self.config
     }
 
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// How many modules and components this sandbox has compiled (loads
+    /// from the disk cache do not count).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
     /// Compiles a command module or a component and resolves its imports
     /// once, so calls only instantiate. Fails on binaries the engine cannot
     /// run, and on components whose `call` export does not have the
     /// `cellgate:cell/tool` signature.
     pub fn prepare(&self, bytes: &[u8]) -> Result<PreparedCell, String> {
+        self.prepare_with(bytes, None)
+    }
+
+    /// [`Sandbox::prepare`], loading the compiled artefact from `cache`
+    /// when it holds a valid one for `sha256` (the digest of `bytes`,
+    /// checked by the caller), and storing it there after compiling.
+    pub(crate) fn prepare_with(
+        &self,
+        bytes: &[u8],
+        cache: Option<(&CompiledCache, &str)>,
+    ) -> Result<PreparedCell, String> {
         if wasmparser::Parser::is_component(bytes) {
-            let component = component::Component::new(&self.engine, bytes)
-                .map_err(|e| format!("compiling: {e:#}"))?;
+            let kind = ArtefactKind::Component;
+            let cached = cache.and_then(|(c, sha)| {
+                let artefact = c.read(sha, kind)?;
+                // SAFETY: `deserialize` runs the artefact's machine code
+                // unchecked, so it must be wasmtime output for this engine.
+                // It is: the file's HMAC (key derived from this instance's
+                // private seal key, checked just above in `read`) proves
+                // this instance wrote it, for this module digest, kind and
+                // engine compatibility hash, and wasmtime still checks its
+                // own version and configuration header before loading.
+                match unsafe { component::Component::deserialize(&self.engine, &artefact) } {
+                    Ok(component) => Some(component),
+                    Err(e) => {
+                        tracing::warn!(
+                            "compiled component in the cache does not load ({e:#}); recompiling"
+                        );
+                        None
+                    }
+                }
+            });
+            let component = match cached {
+                Some(c) => c,
+                None => {
+                    self.compilations.fetch_add(1, Ordering::Relaxed);
+                    let c = component::Component::new(&self.engine, bytes)
+                        .map_err(|e| format!("compiling: {e:#}"))?;
+                    if let Some((cache, sha)) = cache {
+                        match c.serialize() {
+                            Ok(artefact) => cache.write(sha, kind, &artefact),
+                            Err(e) => tracing::warn!("serialising a compiled component: {e:#}"),
+                        }
+                    }
+                    c
+                }
+            };
             check_component_export(&self.engine, &component)?;
             let pre = self
                 .component_linker
@@ -369,7 +432,37 @@ impl Sandbox {
                 pre: Prepared::Component(pre),
             });
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| format!("compiling: {e:#}"))?;
+        let kind = ArtefactKind::Module;
+        let cached = cache.and_then(|(c, sha)| {
+            let artefact = c.read(sha, kind)?;
+            // SAFETY: as for components above: authenticated as this
+            // instance's own output for this digest and engine before it is
+            // deserialised, and wasmtime checks its compatibility header.
+            match unsafe { Module::deserialize(&self.engine, &artefact) } {
+                Ok(module) => Some(module),
+                Err(e) => {
+                    tracing::warn!(
+                        "compiled module in the cache does not load ({e:#}); recompiling"
+                    );
+                    None
+                }
+            }
+        });
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                self.compilations.fetch_add(1, Ordering::Relaxed);
+                let m =
+                    Module::new(&self.engine, bytes).map_err(|e| format!("compiling: {e:#}"))?;
+                if let Some((cache, sha)) = cache {
+                    match m.serialize() {
+                        Ok(artefact) => cache.write(sha, kind, &artefact),
+                        Err(e) => tracing::warn!("serialising a compiled module: {e:#}"),
+                    }
+                }
+                m
+            }
+        };
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -540,9 +633,16 @@ impl Sandbox {
         let state = CallState {
             wasi: wasi.build_p1(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
+            host_calls: 0,
         };
         let mut store = Store::new(&self.engine, state);
         self.limit_store(&mut store, limits, |s| &mut s.limiter)?;
+        store.call_hook(|mut cx, hook| {
+            if matches!(hook, CallHook::CallingHost) {
+                cx.data_mut().host_calls += 1;
+            }
+            Ok(())
+        });
 
         let outcome = pre
             .instantiate(&mut store)
@@ -551,6 +651,7 @@ impl Sandbox {
 
         stats.fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         stats.peak_memory_bytes = store.data().limiter.peak as u64;
+        stats.host_calls = store.data().host_calls;
         let refused_memory = store.data().limiter.refused;
         drop(store);
         let CallIo {
@@ -616,9 +717,16 @@ impl Sandbox {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
+            host_calls: 0,
         };
         let mut store = Store::new(&self.engine, state);
         self.limit_store(&mut store, limits, |s| &mut s.limiter)?;
+        store.call_hook(|mut cx, hook| {
+            if matches!(hook, CallHook::CallingHost) {
+                cx.data_mut().host_calls += 1;
+            }
+            Ok(())
+        });
 
         type CallFn = (Result<String, String>,);
         let outcome = pre
@@ -630,6 +738,7 @@ impl Sandbox {
 
         stats.fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         stats.peak_memory_bytes = store.data().limiter.peak as u64;
+        stats.host_calls = store.data().host_calls;
         let refused_memory = store.data().limiter.refused;
         // Tear down the instance (and its resources: sockets, files) before
         // the scratch directory goes.

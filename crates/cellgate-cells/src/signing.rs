@@ -239,7 +239,7 @@ pub fn check_digest(manifest: &Manifest, module: &[u8]) -> Result<(), TrustError
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

@@ -5,6 +5,8 @@
 #[path = "cells/support.rs"]
 mod support;
 
+#[path = "cells/at_rest.rs"]
+mod at_rest;
 #[path = "cells/components.rs"]
 mod components;
 #[path = "cells/escapes.rs"]
@@ -13,5 +15,7 @@ mod escapes;
 mod examples;
 #[path = "cells/lifecycle.rs"]
 mod lifecycle;
+#[path = "cells/profiles.rs"]
+mod profiles;
 #[path = "cells/trust.rs"]
 mod trust;

@@ -26,6 +26,7 @@ mod device_codes;
 mod documents;
 mod error;
 mod memory;
+pub mod sealed;
 mod tasks;
 mod tenant;
 
@@ -55,6 +56,7 @@ pub use memory::{
     NewMemory, NewRelation, ObservationsAdded, RelationRecord, Space, StoredVector, Unembedded,
     View, entity_search_text, memory_search_text,
 };
+pub use sealed::{SealError, SecretSeal};
 pub use tasks::{
     CheckpointKind, CheckpointRecord, CrossTenantLeases, ExpiredLeases, HistoryEntry,
     HistoryRecord, LEASE_BATCH_MAX, LOST_LEASE_ALLOWANCE, NewNode, NewTask, NewWorkflow,

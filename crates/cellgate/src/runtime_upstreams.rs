@@ -1,105 +1,31 @@
 //! Upstreams added at run time (`add_upstream`, `remove_upstream`, REST
 //! `/api/v1/tools/add_upstream`): kept in the store as documents of the
-//! operator tenant, sealed with ChaCha20-Poly1305 because their headers and
-//! environment carry credentials, and served together with the upstreams
+//! operator tenant, sealed with the instance key (`cellgate_store::sealed`,
+//! ChaCha20-Poly1305) because their headers and environment carry
+//! credentials, and served together with the upstreams
 //! of `cellgate.toml`. The file stays the source of truth for what it
 //! declares: a run-time upstream cannot take a declared name, and removing a
 //! declared upstream is done in the file.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use cellgate_admin::RuntimeUpstreams;
 use cellgate_config::{FederationConfig, UpstreamConfig, check_federation};
 use cellgate_federation::Federation;
 use cellgate_kernel::BoxFuture;
-use cellgate_store::{Documents, Store, TenantId};
-use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
+use cellgate_store::{Documents, SecretSeal, Store, TenantId};
 use serde_json::{Value, json};
 
 const COLLECTION: &str = "federation.upstreams";
 /// Most run-time upstreams; a listing reads them in one page.
 const MAX_STORED: u32 = 500;
 
-/// The key that seals stored upstream entries, kept next to the database
-/// (0600). Replicas sharing one PostgreSQL need the same file.
-pub struct CredentialSeal {
-    key: LessSafeKey,
-    rng: SystemRandom,
-}
-
-impl CredentialSeal {
-    pub fn load_or_create(dir: &Path) -> anyhow::Result<CredentialSeal> {
-        use anyhow::Context as _;
-        let path = dir.join("upstream-secrets.key");
-        let rng = SystemRandom::new();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = vec![0u8; 32];
-                rng.fill(&mut b)
-                    .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-                crate::ops::write_private(&path, &b)?;
-                b
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes)
-            .map_err(|_| anyhow::anyhow!("{} does not hold a 32-byte key", path.display()))?;
-        Ok(CredentialSeal {
-            key: LessSafeKey::new(unbound),
-            rng,
-        })
-    }
-
-    /// `nonce || ciphertext || tag`, base64; `name` is bound as associated
-    /// data, so a sealed entry cannot be moved to another name.
-    fn seal(&self, name: &str, plain: &[u8]) -> Result<String, String> {
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        self.rng
-            .fill(&mut nonce)
-            .map_err(|_| "the system random source failed".to_owned())?;
-        let mut data = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| "sealing failed".to_owned())?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(B64.encode(out))
-    }
-
-    fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, String> {
-        let raw = B64.decode(sealed).map_err(|_| "not base64".to_owned())?;
-        if raw.len() < aead::NONCE_LEN + CHACHA20_POLY1305.tag_len() {
-            return Err("too short".into());
-        }
-        let (nonce, rest) = raw.split_at(aead::NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| "bad nonce".to_owned())?;
-        let mut data = rest.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
-            .map_err(|_| {
-                "it does not open with this instance's key (another replica's key, or tampered)"
-                    .to_owned()
-            })?;
-        Ok(plain.to_vec())
-    }
-}
-
 /// Where the federation's upstreams come from: the configuration file and
 /// the store. Every change goes through [`UpstreamSources::apply`], one at
 /// a time.
 pub struct UpstreamSources {
     docs: Documents,
-    seal: CredentialSeal,
+    seal: SecretSeal,
     file: Mutex<(FederationConfig, Vec<UpstreamConfig>)>,
     federation: OnceLock<Arc<Federation>>,
     apply_lock: tokio::sync::Mutex<()>,
@@ -109,7 +35,7 @@ impl UpstreamSources {
     pub fn new(
         store: &Store,
         operator: &TenantId,
-        seal: CredentialSeal,
+        seal: SecretSeal,
         federation: FederationConfig,
         file: Vec<UpstreamConfig>,
     ) -> Arc<Self> {
@@ -143,7 +69,7 @@ impl UpstreamSources {
             let opened = d.value["sealed"]
                 .as_str()
                 .ok_or_else(|| "no sealed field".to_owned())
-                .and_then(|s| self.seal.open(&d.key, s))
+                .and_then(|s| self.seal.open(&d.key, s).map_err(|e| e.to_string()))
                 .and_then(|plain| {
                     serde_json::from_slice::<UpstreamConfig>(&plain).map_err(|e| e.to_string())
                 });
@@ -242,7 +168,7 @@ impl UpstreamSources {
             .put(
                 COLLECTION,
                 &name,
-                &json!({ "sealed": self.seal.seal(&name, &plain)? }),
+                &json!({ "sealed": self.seal.seal(&name, &plain).map_err(|e| e.to_string())? }),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -295,11 +221,13 @@ impl RuntimeUpstreams for UpstreamSources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     #[test]
     fn sealed_entries_open_only_under_their_name_and_key() {
         let dir = std::env::temp_dir().join(format!("cellgate-seal-{}", std::process::id()));
-        let seal = CredentialSeal::load_or_create(&dir).unwrap();
+        let seal = SecretSeal::load_or_create(&dir).unwrap();
         let sealed = seal.seal("gh", b"Authorization: Bearer s3cret").unwrap();
         assert!(!sealed.contains("s3cret"));
         assert_eq!(
@@ -315,10 +243,10 @@ mod tests {
         tampered[last] ^= 1;
         assert!(seal.open("gh", &B64.encode(tampered)).is_err());
         // The same file gives the same key; another directory another key.
-        let again = CredentialSeal::load_or_create(&dir).unwrap();
+        let again = SecretSeal::load_or_create(&dir).unwrap();
         assert!(again.open("gh", &sealed).is_ok());
         let other_dir = dir.join("other");
-        let other = CredentialSeal::load_or_create(&other_dir).unwrap();
+        let other = SecretSeal::load_or_create(&other_dir).unwrap();
         assert!(other.open("gh", &sealed).is_err());
         #[cfg(unix)]
         {

@@ -49,10 +49,11 @@ const ERR_NAME: &str = r#"
       (i32.store (i32.const 8) (local.get $nl))
       (i32.const 0)"#;
 
-fn component_manifest(name: &str, module: &[u8], extra: Value) -> cellgate_cells::Manifest {
-    let mut m = manifest(name, module, extra);
-    m.module.kind = cellgate_cells::manifest::ModuleKind::Component;
-    m
+fn component_manifest(name: &str, module: &[u8], mut extra: Value) -> cellgate_cells::Manifest {
+    // Declared in the JSON (not patched afterwards): validation depends on
+    // the kind (network grants are for components only).
+    extra["module"] = json!({ "sha256": sha256_hex(module), "kind": "component" });
+    manifest(name, module, extra)
 }
 
 #[tokio::test]
@@ -392,6 +393,8 @@ async fn a_component_reaches_only_granted_destinations() {
         .unwrap();
     assert_eq!(report.result.unwrap(), json!({ "reply": "pong" }));
     assert!(report.denials.is_empty(), "{:?}", report.denials);
+    // Socket, connect, stream reads and writes: all host calls.
+    assert!(report.stats.host_calls >= 4, "{:?}", report.stats);
     assert!(server.join().unwrap(), "the server saw the cell's line");
 
     let report = env

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use cellgate_audit::{AuditMetrics, AuditWriter, SigningKey, WriterConfig, spawn_writer};
+use cellgate_audit::{
+    AuditMetrics, AuditSink, AuditWriter, SigningKey, WriterConfig, spawn_writer,
+};
 use cellgate_cells::{
     CallReport, CellError, CellRecord, CellRegistry, CellsConfig, InstallRequest, Manifest,
     PublisherKey, signing::sha256_hex,
@@ -19,6 +21,7 @@ pub struct Env {
     pub tenant: TenantId,
     pub key: PublisherKey,
     pub actor: Principal,
+    sink: AuditSink,
     _writer: AuditWriter,
 }
 
@@ -44,7 +47,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut CellsConfig)) -> Env {
     let mut config = CellsConfig::new(tmp.path().join("data"));
     config.sandbox.max_concurrent_calls = 8;
     adjust(&mut config);
-    let registry = CellRegistry::new(store.clone(), config, Some(sink)).unwrap();
+    let registry = CellRegistry::new(store.clone(), config, Some(sink.clone())).unwrap();
     let key = PublisherKey::generate();
     let actor = Principal::local_operator();
     registry
@@ -58,6 +61,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut CellsConfig)) -> Env {
         tenant,
         key,
         actor,
+        sink,
         _writer: writer,
     }
 }
@@ -86,6 +90,19 @@ pub fn wat(text: &str) -> Vec<u8> {
 }
 
 impl Env {
+    /// What a restart does: drops the registry, opens the SQLite file
+    /// again and builds a new registry on the same data directory.
+    pub async fn reopen(&mut self) {
+        let config = self.registry.config().clone();
+        self.store = Store::open(&StoreConfig::Sqlite {
+            path: self.tmp.path().join("cellgate.db"),
+        })
+        .await
+        .unwrap();
+        self.registry =
+            CellRegistry::new(self.store.clone(), config, Some(self.sink.clone())).unwrap();
+    }
+
     /// Signs with the trusted key and installs (ACTIVE).
     pub async fn install(
         &self,
