@@ -40,7 +40,10 @@ pub use policy::{
     RuleKind,
 };
 pub use servers::{ItemSelection, VirtualServerConfig};
-pub use services::{EmbeddingBackend, EmbeddingConfig, MemoryConfig, OrchestrationConfig};
+pub use services::{
+    EmbeddingBackend, EmbeddingConfig, FusionConfig, FusionMethod, MemoryConfig,
+    OrchestrationConfig,
+};
 pub use types::*;
 pub use upstreams::*;
 

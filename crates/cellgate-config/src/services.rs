@@ -34,6 +34,12 @@ pub struct MemoryConfig {
     /// observation on an entity named after the tool, so agents can ask the
     /// graph which tools were used and how they fared. Off by default.
     pub record_interactions: bool,
+    /// Keep each tenant's built HNSW graph under `<data_dir>/memory-index`,
+    /// so a restart loads it instead of rebuilding it (a file that does not
+    /// match the stored vectors is rebuilt, never trusted).
+    pub persist_index: bool,
+    /// How hybrid search fuses the full-text and the vector ranking.
+    pub fusion: FusionConfig,
     /// Where embeddings come from.
     pub embedding: EmbeddingConfig,
 }
@@ -49,9 +55,48 @@ impl Default for MemoryConfig {
             prune_below: 0.85,
             consolidate_every_secs: 3600,
             record_interactions: false,
+            persist_index: true,
+            fusion: FusionConfig::default(),
             embedding: EmbeddingConfig::default(),
         }
     }
+}
+
+/// Hybrid search's fusion of the full-text and the vector ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusionConfig {
+    /// `rrf`: weighted reciprocal rank fusion, each row scoring the sum of
+    /// `weight / (k + rank)` over the rankings it is in. `zscore`: each
+    /// ranking's scores standardised and summed.
+    pub method: FusionMethod,
+    /// RRF's constant (>= 0): small values let a clear first place count.
+    pub k: f64,
+    /// RRF weight of the full-text ranking (>= 0).
+    pub text_weight: f64,
+    /// RRF weight of the vector ranking (>= 0).
+    pub vector_weight: f64,
+    /// Candidates each ranking contributes (5–1000).
+    pub depth: u32,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        Self {
+            method: FusionMethod::Rrf,
+            k: 1.0,
+            text_weight: 1.0,
+            vector_weight: 1.5,
+            depth: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    Rrf,
+    Zscore,
 }
 
 /// The embedding backend.
@@ -117,6 +162,28 @@ impl MemoryConfig {
             p.push(Problem::new(
                 "memory.keep_versions",
                 "must be between 1 and 1000",
+            ));
+        }
+        let f = &self.fusion;
+        for (key, v) in [
+            ("memory.fusion.k", f.k),
+            ("memory.fusion.text_weight", f.text_weight),
+            ("memory.fusion.vector_weight", f.vector_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                p.push(Problem::new(key, format!("must be a number >= 0, got {v}")));
+            }
+        }
+        if f.text_weight + f.vector_weight <= 0.0 {
+            p.push(Problem::new(
+                "memory.fusion.vector_weight",
+                "text_weight and vector_weight must not both be 0",
+            ));
+        }
+        if !(5..=1000).contains(&f.depth) {
+            p.push(Problem::new(
+                "memory.fusion.depth",
+                "must be between 5 and 1000",
             ));
         }
         let e = &self.embedding;

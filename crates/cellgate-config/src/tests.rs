@@ -191,3 +191,18 @@ fn virtual_servers_are_checked_by_key() {
     assert!(d[1].to_string().contains("already declared"), "{}", d[1]);
     assert!(d[4].to_string().contains("includes nothing"), "{}", d[4]);
 }
+
+#[test]
+fn memory_fusion_defaults_and_rules() {
+    let c = check_text("[memory.fusion]\nmethod = \"zscore\"\ndepth = 100\n").unwrap();
+    assert_eq!(c.memory.fusion.method, FusionMethod::Zscore);
+    assert_eq!(c.memory.fusion.depth, 100);
+    assert_eq!(c.memory.fusion.k, 1.0);
+    assert!(c.memory.persist_index);
+    let d = check_text("[memory.fusion]\nk = -1\ntext_weight = 0\nvector_weight = 0\ndepth = 2\n")
+        .unwrap_err();
+    let keys: Vec<_> = d.iter().filter_map(|p| p.key.as_deref()).collect();
+    assert!(keys.contains(&"memory.fusion.k"), "{d:?}");
+    assert!(keys.contains(&"memory.fusion.vector_weight"), "{d:?}");
+    assert!(keys.contains(&"memory.fusion.depth"), "{d:?}");
+}

@@ -17,6 +17,8 @@
 //!   least 3).
 //! - `CELLGATE_BENCH_BACKENDS`: `sqlite`, `postgres` or both (default:
 //!   SQLite, plus PostgreSQL when its URL is set).
+//! - `CELLGATE_BENCH_FUSIONS=1`: also report recall@5 of several hybrid
+//!   fusions at each size.
 //!
 //! Each (backend, size) runs in a child process of this binary, so its
 //! peak resident memory (VmHWM) is its own. The parent prints Markdown.
@@ -28,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use cellgate_kernel::{CallContext, Provider as _};
 use cellgate_memory::dataset;
-use cellgate_memory::{Anonymizer, HashedEmbedder, MemoryConfig, MemoryProvider, SearchMode};
+use cellgate_memory::{
+    Anonymizer, Fusion, HashedEmbedder, MemoryConfig, MemoryProvider, SearchMode,
+};
 use cellgate_store::{ItemKind, NewMemory, Space, Store, StoreConfig, TenantId, View};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
@@ -288,7 +292,8 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
     }
     let (rss_loaded, _) = memory_mib();
 
-    // First search: loads every vector from the store and builds the graph.
+    // First search: loads every vector from the store and starts building
+    // the graph in the background; searches scan exactly until it is in.
     let started = Instant::now();
     provider
         .search(
@@ -301,9 +306,36 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
         )
         .await
         .expect("first search");
+    let load_s = started.elapsed().as_secs_f64();
+    let mut exact_times = Vec::new();
+    for q in queries.iter().take(50) {
+        let state = provider.index_state(&tenant, ItemKind::Memory).await;
+        if !state.building() {
+            break;
+        }
+        let t = Instant::now();
+        provider
+            .search(
+                &tenant,
+                ItemKind::Memory,
+                &view,
+                &q.text,
+                5,
+                SearchMode::Vector,
+            )
+            .await
+            .expect("search while building");
+        exact_times.push(t.elapsed());
+    }
+    exact_times.sort();
+    let state = provider.wait_for_index(&tenant, ItemKind::Memory).await;
     let index_s = started.elapsed().as_secs_f64();
     let (rss_indexed, _) = memory_mib();
-    eprintln!("  index loaded and built in {index_s:.1}s");
+    eprintln!(
+        "  index loaded in {load_s:.1}s, graph ready at {index_s:.1}s ({state:?}); {} exact searches meanwhile, p50 {:.1} ms",
+        exact_times.len(),
+        percentile(&exact_times, 0.5)
+    );
 
     let mut modes = serde_json::Map::new();
     for (name, mode) in [
@@ -370,6 +402,50 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
         );
         eprintln!("  {name}: {}", modes[name]);
     }
+    if std::env::var("CELLGATE_BENCH_FUSIONS").is_ok_and(|v| v == "1") {
+        // recall@5 of fusion variants at this size (each search recomputes
+        // both rankings; latency is not measured here).
+        let rrf = |k: f64, text_weight: f64, vector_weight: f64| Fusion::ReciprocalRank {
+            k,
+            text_weight,
+            vector_weight,
+        };
+        for (name, fusion) in [
+            ("rrf k0.5 1/2 (default)", Fusion::DEFAULT),
+            ("rrf k0.5 1/1", rrf(0.5, 1.0, 1.0)),
+            ("rrf k1 1/1.5", rrf(1.0, 1.0, 1.5)),
+            ("rrf k1 1/1", rrf(1.0, 1.0, 1.0)),
+            ("rrf k0.5 1.5/1", rrf(0.5, 1.5, 1.0)),
+            ("rrf k5 1/1", rrf(5.0, 1.0, 1.0)),
+            ("rrf k60 1/1", rrf(60.0, 1.0, 1.0)),
+            ("zscore", Fusion::Standardised),
+        ] {
+            let mut hits = 0usize;
+            for q in &queries {
+                let found = provider
+                    .search(
+                        &tenant,
+                        ItemKind::Memory,
+                        &view,
+                        &q.text,
+                        5,
+                        SearchMode::Fused(fusion),
+                    )
+                    .await
+                    .expect("search");
+                if found
+                    .iter()
+                    .any(|(id, _)| key_of.get(id).is_some_and(|i| facts[*i].key == q.relevant))
+                {
+                    hits += 1;
+                }
+            }
+            eprintln!(
+                "  fusion {name}: recall@5 {:.3}",
+                hits as f64 / queries.len() as f64
+            );
+        }
+    }
     let (rss_end, hwm) = memory_mib();
     json!({
         "items": n,
@@ -378,7 +454,9 @@ async fn measure(store: Store, n: usize, dims: usize) -> Value {
         "tool_insert_per_s": tool_rate,
         "tool_inserts": tool_n,
         "bulk_insert_per_s": bulk_rate,
+        "index_load_s": load_s,
         "index_build_s": index_s,
+        "exact_while_building_p50_ms": percentile(&exact_times, 0.5),
         "rss_loaded_mib": rss_loaded,
         "rss_indexed_mib": rss_indexed,
         "rss_end_mib": rss_end,
@@ -391,18 +469,20 @@ fn print_markdown(results: &[Value]) {
     let f = |v: &Value, d: usize| v.as_f64().map_or("–".into(), |x| format!("{x:.d$}"));
     println!("\n### Inserts and memory\n");
     println!(
-        "| backend | items | dims | store_memory calls/s | bulk items/s | index load+build s | RSS loaded MiB | RSS indexed MiB | peak RSS MiB | DB MiB |"
+        "| backend | items | dims | store_memory calls/s | bulk items/s | first search s | graph ready s | exact while building p50 ms | RSS loaded MiB | RSS indexed MiB | peak RSS MiB | DB MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["backend"].as_str().unwrap_or("?"),
             r["items"],
             r["dims"],
             f(&r["tool_insert_per_s"], 0),
             f(&r["bulk_insert_per_s"], 0),
+            f(&r["index_load_s"], 1),
             f(&r["index_build_s"], 1),
+            f(&r["exact_while_building_p50_ms"], 1),
             f(&r["rss_loaded_mib"], 0),
             f(&r["rss_indexed_mib"], 0),
             f(&r["hwm_mib"], 0),

@@ -10,11 +10,12 @@
 //! Data lives in the tenant-scoped store (`cellgate_store::Memory`): the
 //! tenant comes from the call's identity, and within it each item is in the
 //! shared space or in the calling principal's private one. Search is hybrid:
-//! the store's full-text ranking fused with vector similarity (standardised
-//! scores summed, see [`SearchMode::Hybrid`]; plain reciprocal rank fusion
-//! is [`SearchMode::Rrf`]); vectors come from an [`Embedder`] (a local hashed embedder
+//! the store's full-text ranking fused with vector similarity by weighted
+//! reciprocal rank fusion ([`Fusion`]; standardised scores are the
+//! alternative); vectors come from an [`Embedder`] (a local hashed embedder
 //! by default, or an OpenAI-compatible endpoint) and are searched by an
-//! in-memory [`index`](crate::index) rebuilt from the store on first use.
+//! in-memory [`index`](crate::index) loaded from the store on first use,
+//! its HNSW graph built in the background.
 //!
 //! Not here: authorization (the pipeline decides who may call these tools),
 //! PII detection (reused from `cellgate-inspect`), and metering: tool calls
@@ -26,6 +27,7 @@ pub mod dataset;
 mod embed;
 mod index;
 mod interactions;
+mod persist;
 mod tools;
 
 use std::collections::HashMap;
@@ -42,7 +44,17 @@ pub use anonymize::Anonymizer;
 pub use embed::{Embedder, HashedEmbedder, HttpEmbedder};
 pub use interactions::{InteractionRecorder, RecordedCalls, TOOL_ENTITY_TYPE};
 
-use index::VectorIndex;
+pub use index::IndexState;
+use index::{BuildJob, VectorIndex};
+
+/// The vector index without a store, for `benches/index.rs`. Not a stable
+/// interface.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::index::{
+        BuildJob, BuiltGraph, GRAPH_EF_CONSTRUCTION, GRAPH_EF_SEARCH, VectorIndex,
+    };
+}
 
 /// What can go wrong outside of a tool's own validation.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +77,8 @@ pub struct MemoryConfig {
     pub exact_search_max: usize,
     /// Candidates each ranking contributes to hybrid fusion.
     pub fusion_pool: u32,
+    /// How hybrid search combines the two rankings.
+    pub fusion: Fusion,
     /// Similarity at or above which a new entity gets an inferred
     /// `related_to` edge to an existing one.
     pub discovery_threshold: f32,
@@ -80,6 +94,9 @@ pub struct MemoryConfig {
     pub record_interactions: bool,
     /// Recorded observations kept per tool entity, newest first.
     pub interactions_kept: usize,
+    /// Where built HNSW graphs are saved and loaded from (one file per
+    /// tenant and kind); `None` rebuilds them after every start.
+    pub index_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MemoryConfig {
@@ -88,32 +105,92 @@ impl Default for MemoryConfig {
             keep_versions: 10,
             exact_search_max: 20_000,
             fusion_pool: 50,
+            fusion: Fusion::DEFAULT,
             discovery_threshold: 0.8,
             discovery_max: 3,
             merge_threshold: 0.95,
             prune_below: 0.85,
             record_interactions: false,
             interactions_kept: 100,
+            index_dir: None,
         }
     }
 }
 
 /// How [`MemoryProvider::search`] ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SearchMode {
     /// Full text only (FTS5 bm25 / tsvector rank).
     Text,
     /// Vector similarity only.
     Vector,
-    /// Both, each list's scores standardised (z-scores over its
-    /// candidates, a list with fewer matches than asked for padded with
-    /// zero scores) and summed; a row missing from a list counts as that
-    /// list's weakest candidate. Unlike rank fusion this keeps how far a
-    /// hit stands out: one list's clear winner is not outvoted by rows both
-    /// lists rank mediocre.
+    /// Both, fused as the config's [`MemoryConfig::fusion`] says (what the
+    /// tools use).
     Hybrid,
-    /// Both, fused by reciprocal rank (k = 60); reported for comparison.
-    Rrf,
+    /// Both, fused as given (for comparisons).
+    Fused(Fusion),
+}
+
+/// How hybrid search combines the full-text and the vector ranking, each
+/// cut to [`MemoryConfig::fusion_pool`] candidates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// Weighted reciprocal rank fusion: a row scores the sum over the
+    /// rankings it is in of `weight / (k + rank)`, rank counted from 1.
+    /// Only ranks count, so the two scales need no calibration.
+    ReciprocalRank {
+        k: f64,
+        text_weight: f64,
+        vector_weight: f64,
+    },
+    /// Each list's scores standardised (z-scores over its candidates, a
+    /// list with fewer matches than asked for padded with zero scores) and
+    /// summed; a row missing from a list counts as that list's weakest
+    /// candidate. Keeps how far a hit stands out, which ranks lose.
+    Standardised,
+}
+
+impl Fusion {
+    /// Reciprocal rank fusion with `k = 1` and vectors weighted 1.5 times
+    /// the full text, chosen from the variants measured (see the README):
+    /// with the textbook `k = 60` a first place is worth hardly more than a
+    /// tenth, so rows both lists rank mediocre outvote one list's clear
+    /// winner; the full-text order among rows that share only a common
+    /// word is near arbitrary, so vectors weigh a little more; and not
+    /// twice as much, which was best on the labelled set but let a weak
+    /// vector ranking bury full-text winners at 100,000 items. A full-text
+    /// first place (1/2) ties a vector second (1.5/3); ties go to the
+    /// older row.
+    pub const DEFAULT: Fusion = Fusion::ReciprocalRank {
+        k: 1.0,
+        text_weight: 1.0,
+        vector_weight: 1.5,
+    };
+
+    /// Fuses a full-text and a vector ranking (each best first) into
+    /// unordered `(id, score)` pairs, higher better.
+    fn fuse(&self, text: Vec<(i64, f64)>, vector: Vec<(i64, f64)>, pool: usize) -> Vec<(i64, f64)> {
+        match *self {
+            Fusion::ReciprocalRank {
+                k,
+                text_weight,
+                vector_weight,
+            } => fuse_reciprocal_rank(&[(&text, text_weight), (&vector, vector_weight)], k),
+            Fusion::Standardised => fuse_standardised(&[text, vector], pool),
+        }
+    }
+}
+
+/// Weighted reciprocal rank fusion of rankings (best first).
+fn fuse_reciprocal_rank(lists: &[(&[(i64, f64)], f64)], k: f64) -> Vec<(i64, f64)> {
+    let mut fused: HashMap<i64, f64> = HashMap::new();
+    for (list, weight) in lists {
+        for (rank, (id, _)) in list.iter().enumerate() {
+            // A zero k with rank counted from 1 never divides by zero.
+            *fused.entry(*id).or_default() += weight / (k + rank as f64 + 1.0);
+        }
+    }
+    fused.into_iter().collect()
 }
 
 /// Sums each list's standardised scores per row (see [`SearchMode::Hybrid`]).
@@ -150,11 +227,22 @@ fn fuse_standardised(lists: &[Vec<(i64, f64)>], pool: usize) -> Vec<(i64, f64)> 
     fused.into_iter().collect()
 }
 
-/// Reciprocal rank fusion's constant: dampens the weight of the very top
-/// ranks so that agreement between rankings counts more than one first place.
-const RRF_K: f64 = 60.0;
-
 type IndexKey = (String, ItemKind);
+
+/// One tenant's index of one kind: loaded on first use, its graph built in
+/// the background.
+#[derive(Default)]
+struct IndexSlot {
+    index: Arc<tokio::sync::Mutex<Option<VectorIndex>>>,
+    /// Woken when a build ends (installed or failed).
+    built: tokio::sync::Notify,
+}
+
+/// Holds back graph builds while alive (see
+/// [`MemoryProvider::pause_index_builds`]).
+pub struct IndexBuildPause {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// The memory provider. Cheap to share (`Arc`).
 pub struct MemoryProvider {
@@ -163,7 +251,10 @@ pub struct MemoryProvider {
     anonymizer: Anonymizer,
     config: MemoryConfig,
     tools: Vec<Tool>,
-    indexes: Mutex<HashMap<IndexKey, Arc<tokio::sync::Mutex<Option<VectorIndex>>>>>,
+    indexes: Mutex<HashMap<IndexKey, Arc<IndexSlot>>>,
+    /// One graph build at a time per provider: a build already uses every
+    /// core (rayon), so several at once would only starve searches.
+    builds: Arc<tokio::sync::Semaphore>,
 }
 
 impl MemoryProvider {
@@ -183,6 +274,7 @@ impl MemoryProvider {
             config,
             tools: tools::definitions(),
             indexes: Mutex::new(HashMap::new()),
+            builds: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -209,11 +301,7 @@ impl MemoryProvider {
         &self.anonymizer
     }
 
-    fn slot(
-        &self,
-        tenant: &TenantId,
-        kind: ItemKind,
-    ) -> Arc<tokio::sync::Mutex<Option<VectorIndex>>> {
+    fn slot(&self, tenant: &TenantId, kind: ItemKind) -> Arc<IndexSlot> {
         let mut map = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((tenant.as_str().to_owned(), kind))
             .or_default()
@@ -245,7 +333,7 @@ impl MemoryProvider {
                 .await?;
         }
         let slot = self.slot(tenant, kind);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.index.lock().await;
         if let Some(index) = guard.as_mut() {
             for ((id, space, _), v) in rows.iter().zip(vectors) {
                 index.insert(*id, space.clone(), v);
@@ -282,21 +370,22 @@ impl MemoryProvider {
     /// Drops rows from the tenant's index (deleted or superseded).
     pub(crate) async fn unindex(&self, tenant: &TenantId, kind: ItemKind, ids: &[i64]) {
         let slot = self.slot(tenant, kind);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.index.lock().await;
         if let Some(index) = guard.as_mut() {
             ids.iter().for_each(|id| index.remove(*id));
         }
     }
 
     /// Loads the index from the store (embedding rows that lack a vector of
-    /// the current model) unless loaded, and builds its graph when due.
+    /// the current model) unless loaded, and starts building its graph in
+    /// the background when due; meanwhile searches scan exactly.
     async fn loaded_index(
         &self,
         tenant: &TenantId,
         kind: ItemKind,
     ) -> Result<tokio::sync::OwnedMutexGuard<Option<VectorIndex>>, MemoryError> {
         let slot = self.slot(tenant, kind);
-        let mut guard = slot.lock_owned().await;
+        let mut guard = slot.index.clone().lock_owned().await;
         if guard.is_none() {
             let memory = self.memory(tenant);
             let model = self.embedder.model().to_owned();
@@ -326,31 +415,133 @@ impl MemoryProvider {
                     index.insert(v.id, v.space, v.vector);
                 }
             }
+            if index.len() >= self.config.exact_search_max {
+                self.load_saved_graph(tenant, kind, &mut index).await;
+            }
             *guard = Some(index);
         }
-        if guard.as_ref().is_some_and(VectorIndex::wants_graph) {
-            let mut index = guard
-                .take()
-                .unwrap_or_else(|| VectorIndex::new(self.config.exact_search_max));
-            let built = tokio::task::spawn_blocking(move || {
-                index.rebuild();
-                index
-            })
-            .await;
-            match built {
-                Ok(index) => *guard = Some(index),
-                // A panic in the build loses the index; it reloads next time.
-                Err(e) => tracing::error!(error = %e, "building a vector index failed"),
-            }
+        if let Some(job) = guard.as_mut().and_then(VectorIndex::start_build) {
+            self.spawn_build(tenant, kind, slot, job);
         }
         Ok(guard)
+    }
+
+    /// Adopts the saved graph of the tenant's `kind` index if there is one
+    /// and it matches the stored vectors; otherwise the graph is rebuilt.
+    async fn load_saved_graph(&self, tenant: &TenantId, kind: ItemKind, index: &mut VectorIndex) {
+        let Some(dir) = &self.config.index_dir else {
+            return;
+        };
+        let path = persist::path(dir, tenant, kind);
+        let model = self.embedder.model().to_owned();
+        let rows = index.vectors();
+        let loaded = tokio::task::spawn_blocking(move || persist::load(&path, &model, &rows)).await;
+        match loaded {
+            Ok(Ok(map)) => {
+                tracing::debug!(tenant = %tenant, items = map.values.len(), "loaded a saved vector index");
+                index.adopt(map);
+            }
+            Ok(Err(e)) if e.is_missing() => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "ignoring a saved vector index; rebuilding it")
+            }
+            Err(e) => tracing::error!(error = %e, "loading a saved vector index failed"),
+        }
+    }
+
+    /// Builds `job`'s graph off the async threads (one build at a time),
+    /// installs it into `slot`'s index and saves it when configured.
+    fn spawn_build(&self, tenant: &TenantId, kind: ItemKind, slot: Arc<IndexSlot>, job: BuildJob) {
+        let builds = self.builds.clone();
+        let instance = job.instance();
+        let save_to = self.config.index_dir.as_ref().map(|dir| {
+            (
+                persist::path(dir, tenant, kind),
+                self.embedder.model().to_owned(),
+            )
+        });
+        tokio::spawn(async move {
+            // Never closed, so this always holds a permit.
+            let _permit = builds.acquire_owned().await;
+            let items = job.len();
+            let started = std::time::Instant::now();
+            let built = tokio::task::spawn_blocking(move || job.run()).await;
+            let mut guard = slot.index.lock().await;
+            let mut saving = None;
+            match built {
+                Ok(built) => {
+                    tracing::debug!(
+                        items,
+                        secs = started.elapsed().as_secs_f64(),
+                        "vector index built"
+                    );
+                    if let Some(index) = guard.as_mut()
+                        && index.install(built)
+                    {
+                        saving = index.graph_map().zip(save_to);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "building a vector index failed"),
+            }
+            drop(guard);
+            if let Some((map, (path, model))) = saving {
+                // Saved before waiters are woken, so a caller that waited
+                // for the index finds the file written.
+                let saved =
+                    tokio::task::spawn_blocking(move || persist::save(&path, &model, &map)).await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "saving a vector index failed"),
+                    Err(e) => tracing::error!(error = %e, "saving a vector index failed"),
+                }
+            }
+            if let Some(index) = slot.index.lock().await.as_mut() {
+                index.finish_build(instance);
+            }
+            slot.built.notify_waiters();
+        });
+    }
+
+    /// How the tenant's vector search over `kind` answers right now.
+    pub async fn index_state(&self, tenant: &TenantId, kind: ItemKind) -> IndexState {
+        let slot = self.slot(tenant, kind);
+        let guard = slot.index.lock().await;
+        guard
+            .as_ref()
+            .map_or(IndexState::Unloaded, VectorIndex::state)
+    }
+
+    /// Waits until no graph build of the tenant's `kind` index is queued or
+    /// running, and returns its state then.
+    pub async fn wait_for_index(&self, tenant: &TenantId, kind: ItemKind) -> IndexState {
+        let slot = self.slot(tenant, kind);
+        loop {
+            let notified = slot.built.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.index_state(tenant, kind).await;
+            if !state.building() {
+                return state;
+            }
+            notified.await;
+        }
+    }
+
+    /// Holds back graph builds until the returned value is dropped (for a
+    /// maintenance window, or to observe searches before a graph exists);
+    /// searches keep answering by exact scan.
+    pub async fn pause_index_builds(&self) -> IndexBuildPause {
+        let permit = self.builds.clone().acquire_owned().await;
+        IndexBuildPause {
+            _permit: permit.expect("the build semaphore is never closed"),
+        }
     }
 
     /// Forgets the tenant's loaded indexes; the next search reloads them
     /// from the store (consolidation's "rebuild indexes").
     pub(crate) async fn reset_indexes(&self, tenant: &TenantId) {
         for kind in [ItemKind::Memory, ItemKind::Entity] {
-            *self.slot(tenant, kind).lock().await = None;
+            *self.slot(tenant, kind).index.lock().await = None;
         }
     }
 
@@ -408,22 +599,16 @@ impl MemoryProvider {
                 .into_iter()
                 .map(|(id, s)| (id, f64::from(s)))
                 .collect(),
-            SearchMode::Rrf => {
-                let mut fused: HashMap<i64, f64> = HashMap::new();
-                for (rank, (id, _)) in text.iter().enumerate() {
-                    *fused.entry(*id).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
-                }
-                for (rank, (id, _)) in vector.iter().enumerate() {
-                    *fused.entry(*id).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
-                }
-                fused.into_iter().collect()
-            }
-            SearchMode::Hybrid => {
+            SearchMode::Hybrid | SearchMode::Fused(_) => {
+                let fusion = match mode {
+                    SearchMode::Fused(f) => f,
+                    _ => self.config.fusion,
+                };
                 let vector: Vec<(i64, f64)> = vector
                     .into_iter()
                     .map(|(id, s)| (id, f64::from(s)))
                     .collect();
-                fuse_standardised(&[text, vector], pool as usize)
+                fusion.fuse(text, vector, pool as usize)
             }
         };
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -640,6 +825,38 @@ mod tests {
         // Unless vectors found it too: a lone text hit that vectors rank
         // first wins over both lists' other rows.
         assert_eq!(best(&[vec![(12, 3.0)], vector]), 12);
+    }
+
+    fn top5(mut fused: Vec<(i64, f64)>) -> Vec<i64> {
+        fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        fused.iter().take(5).map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn a_clear_first_place_survives_reciprocal_rank_fusion() {
+        // Full text ranks row 7 first (a rare word) and rows 101.. after it
+        // (common words); vectors rank rows 101.. and lack row 7.
+        let text: Vec<(i64, f64)> = std::iter::once((7, 9.0))
+            .chain((101..120).map(|id| (id, 1.0)))
+            .collect();
+        let vector: Vec<(i64, f64)> = (101..120).map(|id| (id, 0.5)).collect();
+        let default = top5(Fusion::DEFAULT.fuse(text.clone(), vector.clone(), 50));
+        assert!(default.contains(&7), "{default:?}");
+        // With the textbook k = 60, two mediocre placements outvote it.
+        let textbook = Fusion::ReciprocalRank {
+            k: 60.0,
+            text_weight: 1.0,
+            vector_weight: 1.0,
+        };
+        assert!(!top5(textbook.fuse(text, vector, 50)).contains(&7));
+    }
+
+    #[test]
+    fn reciprocal_rank_fusion_weighs_and_adds_ranks() {
+        let fused = fuse_reciprocal_rank(&[(&[(1, 5.0), (2, 4.0)], 1.0), (&[(2, 0.9)], 2.0)], 1.0);
+        let score = |id| fused.iter().find(|r| r.0 == id).map(|r| r.1);
+        assert_eq!(score(1), Some(0.5));
+        assert_eq!(score(2), Some(1.0 / 3.0 + 1.0));
     }
 
     #[test]

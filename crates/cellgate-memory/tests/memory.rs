@@ -8,6 +8,7 @@
 
 mod memory {
     pub mod cases;
+    pub mod index;
     pub mod interactions;
     pub mod official;
     pub mod quality;
@@ -46,6 +47,8 @@ both_backends!(
     memory::cases::bulk_writes_are_searchable,
     memory::interactions::tool_calls_become_observations,
     memory::interactions::the_recorder_task_writes_offered_records,
+    memory::index::searches_answer_while_the_graph_builds,
+    memory::index::a_saved_graph_is_loaded_and_a_stale_one_rebuilt,
     memory::official::same_results_as_the_official_server,
     memory::quality::hybrid_beats_text_and_vector,
 );

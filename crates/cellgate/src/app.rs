@@ -90,10 +90,14 @@ pub struct Instance {
 
 impl Instance {
     /// Stops background work: stores every audit entry already accepted
-    /// (and signs a final checkpoint), stops upstreams, closes the store.
+    /// (and signs a final checkpoint), stops upstreams, writes the cells'
+    /// behaviour profiles, closes the store.
     pub async fn shutdown(self) {
         if let Some(f) = &self.federation {
             f.shutdown();
+        }
+        if let Some(cells) = &self.cells {
+            cells.flush_profiles().await;
         }
         if let Some((_, writer)) = self.audit
             && !writer.shutdown(Duration::from_secs(10)).await
@@ -170,7 +174,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Instance> {
     let upstream_sources = crate::runtime_upstreams::UpstreamSources::new(
         &store,
         &operator,
-        crate::runtime_upstreams::CredentialSeal::load_or_create(&config.data_dir())?,
+        cellgate_store::SecretSeal::load_or_create(&config.data_dir())?,
         config.federation.clone(),
         config.upstreams.clone(),
     );
@@ -401,6 +405,19 @@ fn memory_provider(
         merge_threshold: m.merge_threshold,
         prune_below: m.prune_below,
         record_interactions: m.record_interactions,
+        fusion_pool: m.fusion.depth,
+        fusion: match m.fusion.method {
+            cellgate_config::FusionMethod::Rrf => cellgate_memory::Fusion::ReciprocalRank {
+                k: m.fusion.k,
+                text_weight: m.fusion.text_weight,
+                vector_weight: m.fusion.vector_weight,
+            },
+            cellgate_config::FusionMethod::Zscore => cellgate_memory::Fusion::Standardised,
+        },
+        // The built vector index survives restarts instead of being rebuilt.
+        index_dir: m
+            .persist_index
+            .then(|| config.data_dir().join("memory-index")),
         ..cellgate_memory::MemoryConfig::default()
     };
     Ok(cellgate_memory::MemoryProvider::new(
