@@ -39,11 +39,15 @@ pub(crate) enum ArtefactKind {
 }
 
 impl ArtefactKind {
-    fn label(self) -> &'static [u8] {
+    pub(crate) fn name(self) -> &'static str {
         match self {
-            ArtefactKind::Module => b"module",
-            ArtefactKind::Component => b"component",
+            ArtefactKind::Module => "module",
+            ArtefactKind::Component => "component",
         }
+    }
+
+    fn label(self) -> &'static [u8] {
+        self.name().as_bytes()
     }
 }
 

@@ -388,41 +388,16 @@ impl Sandbox {
         cache: Option<(&CompiledCache, &str)>,
     ) -> Result<PreparedCell, String> {
         if wasmparser::Parser::is_component(bytes) {
-            let kind = ArtefactKind::Component;
-            let cached = cache.and_then(|(c, sha)| {
-                let artefact = c.read(sha, kind)?;
-                // SAFETY: `deserialize` runs the artefact's machine code
-                // unchecked, so it must be wasmtime output for this engine.
-                // It is: the file's HMAC (key derived from this instance's
-                // private seal key, checked just above in `read`) proves
-                // this instance wrote it, for this module digest, kind and
-                // engine compatibility hash, and wasmtime still checks its
-                // own version and configuration header before loading.
-                match unsafe { component::Component::deserialize(&self.engine, &artefact) } {
-                    Ok(component) => Some(component),
-                    Err(e) => {
-                        tracing::warn!(
-                            "compiled component in the cache does not load ({e:#}); recompiling"
-                        );
-                        None
-                    }
-                }
-            });
-            let component = match cached {
-                Some(c) => c,
-                None => {
-                    self.compilations.fetch_add(1, Ordering::Relaxed);
-                    let c = component::Component::new(&self.engine, bytes)
-                        .map_err(|e| format!("compiling: {e:#}"))?;
-                    if let Some((cache, sha)) = cache {
-                        match c.serialize() {
-                            Ok(artefact) => cache.write(sha, kind, &artefact),
-                            Err(e) => tracing::warn!("serialising a compiled component: {e:#}"),
-                        }
-                    }
-                    c
-                }
-            };
+            let component = self.compiled(
+                bytes,
+                cache,
+                ArtefactKind::Component,
+                // SAFETY: `compiled` hands over only artefacts whose HMAC
+                // proved this instance wrote them (see there).
+                |engine, artefact| unsafe { component::Component::deserialize(engine, artefact) },
+                |engine, bytes| component::Component::new(engine, bytes),
+                component::Component::serialize,
+            )?;
             check_component_export(&self.engine, &component)?;
             let pre = self
                 .component_linker
@@ -432,37 +407,15 @@ impl Sandbox {
                 pre: Prepared::Component(pre),
             });
         }
-        let kind = ArtefactKind::Module;
-        let cached = cache.and_then(|(c, sha)| {
-            let artefact = c.read(sha, kind)?;
-            // SAFETY: as for components above: authenticated as this
-            // instance's own output for this digest and engine before it is
-            // deserialised, and wasmtime checks its compatibility header.
-            match unsafe { Module::deserialize(&self.engine, &artefact) } {
-                Ok(module) => Some(module),
-                Err(e) => {
-                    tracing::warn!(
-                        "compiled module in the cache does not load ({e:#}); recompiling"
-                    );
-                    None
-                }
-            }
-        });
-        let module = match cached {
-            Some(m) => m,
-            None => {
-                self.compilations.fetch_add(1, Ordering::Relaxed);
-                let m =
-                    Module::new(&self.engine, bytes).map_err(|e| format!("compiling: {e:#}"))?;
-                if let Some((cache, sha)) = cache {
-                    match m.serialize() {
-                        Ok(artefact) => cache.write(sha, kind, &artefact),
-                        Err(e) => tracing::warn!("serialising a compiled module: {e:#}"),
-                    }
-                }
-                m
-            }
-        };
+        let module = self.compiled(
+            bytes,
+            cache,
+            ArtefactKind::Module,
+            // SAFETY: as for components above.
+            |engine, artefact| unsafe { Module::deserialize(engine, artefact) },
+            |engine, bytes| Module::new(engine, bytes),
+            Module::serialize,
+        )?;
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -470,6 +423,52 @@ impl Sandbox {
         Ok(PreparedCell {
             pre: Prepared::Command(pre),
         })
+    }
+
+    /// The compiled form of `bytes` (a module or a component, as `kind`
+    /// says): loaded with `load` from `cache` when it holds an artefact for
+    /// `sha256` that passes its integrity check, otherwise compiled with
+    /// `compile` and stored there.
+    ///
+    /// `load` deserialises machine code unchecked, so it sees nothing but
+    /// what [`CompiledCache::read`] authenticated: the file's HMAC (key
+    /// derived from this instance's private seal key) proves this instance
+    /// wrote it for this module digest, kind and engine compatibility hash,
+    /// and wasmtime still checks its own version and configuration header.
+    fn compiled<T>(
+        &self,
+        bytes: &[u8],
+        cache: Option<(&CompiledCache, &str)>,
+        kind: ArtefactKind,
+        load: impl FnOnce(&Engine, &[u8]) -> wasmtime::Result<T>,
+        compile: impl FnOnce(&Engine, &[u8]) -> wasmtime::Result<T>,
+        serialize: impl FnOnce(&T) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<T, String> {
+        let what = kind.name();
+        let cached = cache.and_then(|(c, sha)| {
+            let artefact = c.read(sha, kind)?;
+            match load(&self.engine, &artefact) {
+                Ok(compiled) => Some(compiled),
+                Err(e) => {
+                    tracing::warn!(
+                        "compiled {what} in the cache does not load ({e:#}); recompiling"
+                    );
+                    None
+                }
+            }
+        });
+        if let Some(compiled) = cached {
+            return Ok(compiled);
+        }
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        let compiled = compile(&self.engine, bytes).map_err(|e| format!("compiling: {e:#}"))?;
+        if let Some((cache, sha)) = cache {
+            match serialize(&compiled) {
+                Ok(artefact) => cache.write(sha, kind, &artefact),
+                Err(e) => tracing::warn!("serialising a compiled {what}: {e:#}"),
+            }
+        }
+        Ok(compiled)
     }
 
     /// Runs one call of `tool` in a fresh instance. Blocks the thread for
